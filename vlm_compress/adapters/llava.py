@@ -1,0 +1,175 @@
+"""LLaVA-1.5 (``LlavaForConditionalGeneration``, model_type ``llava``).
+
+Each ``<image>`` of the prompt is expanded by the processor into ``N`` placeholder tokens (576 for LLaVA-1.5:
+a 24x24 patch grid of a CLIP ViT-L/14-336, [CLS] dropped). The adapter encodes all images once with
+``get_image_features`` (keeping the encoder's hidden states for the lazy signals), lets the method choose, and
+hands the kept features back through ``mm_encoder_outputs``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from ..context import VisualContext, _LazySignals
+from ..errors import InputMismatchError
+from . import vision_towers
+from .base import Adapter, ImageSlot
+
+
+def assign_image_slots(
+    is_image: torch.Tensor, tokens_per_image: list[int], *, placeholder: str
+) -> list[tuple[int, torch.Tensor]]:
+    """Give every image, in batch order, the next ``tokens_per_image[i]`` placeholder columns of its row.
+
+    ``is_image: [B, L]`` -> ``[(row, columns [N_i])]``. Raises :class:`InputMismatchError` when the number of
+    placeholders does not match the images, or an image's placeholders would straddle two rows.
+    """
+    per_row = [torch.nonzero(row).flatten() for row in is_image]
+    total_tokens, total_needed = int(is_image.sum()), sum(tokens_per_image)
+    if total_tokens != total_needed:
+        raise InputMismatchError(
+            f"the images give {len(tokens_per_image)} x {tokens_per_image[0] if tokens_per_image else 0} = "
+            f"{total_needed} visual tokens but the prompt holds {total_tokens} {placeholder} placeholder tokens; "
+            "build inputs with the model's processor (one image per <image> in the text)"
+        )
+    slots, row, used = [], 0, 0
+    for i, n in enumerate(tokens_per_image):
+        while row < len(per_row) and used == per_row[row].numel():
+            row, used = row + 1, 0
+        if row >= len(per_row) or used + n > per_row[row].numel():
+            raise InputMismatchError(
+                f"image {i}'s {n} placeholder tokens do not fit in prompt row {row}; each row must hold whole images"
+            )
+        slots.append((row, per_row[row][used : used + n]))
+        used += n
+    return slots
+
+
+class LlavaAdapter(Adapter):
+    model_types = ("llava",)
+
+    def __init__(self, model, handle):
+        super().__init__(model, handle)
+        self.inner = model.model
+        self.vision_tower = self.inner.vision_tower
+        self.image_token_id = self.config.image_token_id
+
+    def available_signals(self) -> set[str]:
+        signals = {"vision_features", "text_embeds", "text_ids"}
+        if vision_towers.has_cls_token(self.vision_tower):
+            signals.add("cls_attention")
+        if self.handle.tokenizer is not None:
+            signals.add("prompt_text")
+        return signals
+
+    def image_token_mask(self, input_ids, inputs_embeds):
+        if input_ids is not None:
+            return input_ids == self.image_token_id
+        image_embed = self.model.get_input_embeddings()(
+            torch.tensor(self.image_token_id, device=inputs_embeds.device)
+        ).to(inputs_embeds.dtype)
+        return (inputs_embeds == image_embed).all(dim=-1)
+
+    def grid_for(self, num_tokens: int) -> tuple[int, int] | None:
+        vision_config = self.config.vision_config
+        side = vision_config.image_size // vision_config.patch_size
+        return (side, side) if side * side == num_tokens else None
+
+    def encode(self, call: dict[str, Any], is_image: torch.Tensor) -> list[ImageSlot]:
+        pixel_values = call.pop("pixel_values")
+        feature_layer = call.pop("vision_feature_layer", None)
+        strategy = call.pop("vision_feature_select_strategy", None)
+        feature_layer = self.config.vision_feature_layer if feature_layer is None else feature_layer
+        strategy = self.config.vision_feature_select_strategy if strategy is None else strategy
+        extra = {}
+        if call.get("image_sizes") is not None:
+            extra["image_sizes"] = call.pop("image_sizes")
+        encoded = self.inner.get_image_features(
+            pixel_values=pixel_values,
+            vision_feature_layer=feature_layer,
+            vision_feature_select_strategy=strategy,
+            output_hidden_states=True,
+            return_dict=True,
+            **extra,
+        )
+        features = list(encoded.pooler_output)
+        self.check_finite(features)
+        placements = assign_image_slots(is_image, [f.shape[0] for f in features], placeholder="<image>")
+        hidden_states = encoded.hidden_states
+        signals = ImageSignals(self, call, hidden_states, feature_layer, strategy)
+        slots = []
+        for i, ((row, columns), feats) in enumerate(zip(placements, features)):
+            context = VisualContext(
+                features=feats,
+                grid=self.grid_for(feats.shape[0]),
+                image_index=i,
+                row=row,
+                signals=_LazySignals(signals.providers(i, row, is_image), owner=f"image {i}"),
+            )
+            slots.append(ImageSlot(row=row, columns=columns, context=context))
+        return slots
+
+    def pack_features(self, features, call):
+        call["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+
+
+class ImageSignals:
+    """Lazy signals of the images of one call; batched across images and computed at most once."""
+
+    def __init__(self, adapter: Adapter, call: dict[str, Any], hidden_states, feature_layer, strategy: str):
+        self.adapter = adapter
+        self.call = {k: call.get(k) for k in ("input_ids", "inputs_embeds", "attention_mask")}
+        self.hidden_states = hidden_states
+        self.feature_layers = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
+        self.drop_cls = strategy == "default"
+        self._cls: torch.Tensor | None = None
+
+    def providers(self, image: int, row: int, is_image: torch.Tensor) -> dict[str, Any]:
+        providers = {
+            "vision_features": lambda: self.vision_features(image),
+            "cls_attention": lambda: self.cls_attention()[image],
+            "text_embeds": lambda: self.text_embeds(row, is_image),
+        }
+        if self.call["input_ids"] is not None:
+            providers["text_ids"] = lambda: self.text_ids(row, is_image)
+        tokenizer = self.adapter.handle.tokenizer
+        if tokenizer is not None and self.call["input_ids"] is not None:
+            providers["prompt_text"] = lambda: tokenizer.decode(
+                self.text_ids(row, is_image), skip_special_tokens=True
+            )
+        return providers
+
+    def _start(self) -> int:
+        return 1 if self.drop_cls else 0
+
+    def vision_features(self, image: int) -> torch.Tensor:
+        layers = [self.hidden_states[layer][image, self._start() :] for layer in self.feature_layers]
+        return torch.cat(layers, dim=-1)
+
+    def cls_attention(self) -> torch.Tensor:
+        if self._cls is None:
+            tower = self.adapter.vision_tower
+            self._cls = vision_towers.cls_attention(tower, self.hidden_states, self.feature_layers[-1])[
+                :, self._start() :
+            ]
+        return self._cls
+
+    def _text_columns(self, row: int, is_image: torch.Tensor) -> torch.Tensor:
+        keep = ~is_image[row]
+        mask = self.call["attention_mask"]
+        if mask is not None:
+            keep &= mask[row].bool()
+        return torch.nonzero(keep).flatten()
+
+    def text_ids(self, row: int, is_image: torch.Tensor) -> torch.Tensor:
+        return self.call["input_ids"][row, self._text_columns(row, is_image)]
+
+    def text_embeds(self, row: int, is_image: torch.Tensor) -> torch.Tensor:
+        columns = self._text_columns(row, is_image)
+        if self.call["inputs_embeds"] is not None:
+            return self.call["inputs_embeds"][row, columns]
+        with torch.no_grad():
+            return self.adapter.model.get_input_embeddings()(self.call["input_ids"][row, columns])

@@ -1,0 +1,125 @@
+"""What a method sees of one image: :class:`VisualContext` (and :class:`TokenRegion` for crops).
+
+A method never touches the model. The adapter hands it the image's visual tokens after the projector plus a
+few *signals* that are computed lazily, the first time a method reads them, and cached per image:
+
+=====================  ==========================================================================================
+``vision_features``    ``[N, Dv]`` the vision encoder's feature-layer outputs for the same tokens (pre-projector)
+``cls_attention``      ``[N]`` head-averaged attention of the encoder's [CLS] query at the feature layer
+``text_embeds``        ``[T, D]`` the prompt's text tokens (not image, not padding) in the LM embedding space
+``text_ids``           ``[T]`` their ids
+``prompt_text``        the prompt's text (needs a tokenizer: ``vlmc.compress(..., processor=...)``)
+=====================  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import MissingSignalError
+
+SIGNALS = ("vision_features", "cls_attention", "text_embeds", "text_ids", "prompt_text")
+
+
+class _LazySignals:
+    """Named values computed on first access by adapter-provided callables, then cached."""
+
+    def __init__(self, providers: dict[str, Callable[[], Any]] | None = None, *, owner: str = "this model"):
+        self._providers = dict(providers or {})
+        self._values: dict[str, Any] = {}
+        self._owner = owner
+
+    def has(self, name: str) -> bool:
+        return name in self._values or name in self._providers
+
+    def get(self, name: str) -> Any:
+        if name not in self._values:
+            provider = self._providers.get(name)
+            if provider is None:
+                available = sorted(set(self._providers) | set(self._values)) or ["none"]
+                raise MissingSignalError(
+                    f"signal {name!r} is not available for {self._owner}; available: {', '.join(available)}"
+                )
+            self._values[name] = provider()
+        return self._values[name]
+
+
+@dataclass
+class TokenRegion:
+    """A structured part of an image's tokens, e.g. the thumbnail or one high-resolution crop (LLaVA-NeXT).
+
+    Attributes:
+        indices: ``[n]`` positions of the region's tokens in the image's flat token list.
+        grid: ``(h, w)`` of the region's token grid (row-major, ``h * w == n`` unless ``valid`` is given).
+        position: ``(row, col)`` of a crop in the crop layout; ``None`` for the thumbnail.
+        valid: optional ``[h, w]`` bool mask of the un-padded tokens (AnyRes pads crops to a square).
+    """
+
+    indices: torch.Tensor
+    grid: tuple[int, int]
+    position: tuple[int, int] | None = None
+    valid: torch.Tensor | None = None
+    signals: _LazySignals = field(default_factory=_LazySignals, repr=False)
+
+    @property
+    def cls_attention(self) -> torch.Tensor:
+        """``[n]`` head-averaged [CLS] attention of this region's own encoder pass."""
+        return self.signals.get("cls_attention")
+
+
+@dataclass
+class VisualContext:
+    """One image's visual tokens and the lazily computed signals a method may ask for.
+
+    Attributes:
+        features: ``[N, D]`` visual tokens after the projector (the language model's embedding space).
+        grid: ``(h, w)`` when the ``N == h * w`` tokens form a row-major grid, else ``None`` (e.g. with
+            ``vision_feature_select_strategy="full"``, where [CLS] leads the patches; spatial methods then
+            fall back to 1-D layouts).
+        image_index: index of the image among the call's images (batch order).
+        row: batch row (prompt) that holds the image.
+        thumbnail / crops: structure of AnyRes images (LLaVA-NeXT); ``None`` elsewhere.
+    """
+
+    features: torch.Tensor
+    grid: tuple[int, int] | None = None
+    image_index: int = 0
+    row: int = 0
+    thumbnail: TokenRegion | None = None
+    crops: list[TokenRegion] | None = None
+    signals: _LazySignals = field(default_factory=_LazySignals, repr=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def has(self, name: str) -> bool:
+        return self.signals.has(name)
+
+    @property
+    def vision_features(self) -> torch.Tensor:
+        return self.signals.get("vision_features")
+
+    @property
+    def cls_attention(self) -> torch.Tensor:
+        return self.signals.get("cls_attention")
+
+    @property
+    def text_embeds(self) -> torch.Tensor:
+        return self.signals.get("text_embeds")
+
+    @property
+    def text_ids(self) -> torch.Tensor:
+        return self.signals.get("text_ids")
+
+    @property
+    def prompt_text(self) -> str:
+        return self.signals.get("prompt_text")

@@ -1,0 +1,17 @@
+"""Pure tensor math behind the methods: no models, no hooks. Read these next to the papers."""
+
+from .merging import bipartite_soft_matching, merge_by_groups
+from .pooling import cell_average_pool, grid_layout, uniform_grid_indices
+from .similarity import cosine_similarity, normalize_rows
+from .topk import topk_indices
+
+__all__ = [
+    "bipartite_soft_matching",
+    "cell_average_pool",
+    "merge_by_groups",
+    "cosine_similarity",
+    "grid_layout",
+    "normalize_rows",
+    "topk_indices",
+    "uniform_grid_indices",
+]

@@ -1,0 +1,125 @@
+"""The base class of every compression method.
+
+A method is a small ``@dataclass`` whose fields are its hyper-parameters (named as in its paper). It sees one
+image at a time through a :class:`~vlm_compress.context.VisualContext` and returns a
+:class:`~vlm_compress.selection.Selection`. Score-then-top-k methods implement :meth:`Method.score`; greedy or
+structured methods implement :meth:`Method.select`. Methods that also prune inside the language model
+(stage 2) implement ``prune`` (see :class:`~vlm_compress.context.LayerContext`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+
+from ..context import VisualContext
+from ..errors import BudgetError
+from ..functional import topk_indices
+from ..selection import ORDERS, Selection
+
+Budget = int | float | Sequence[int | float]
+
+
+def _check_budget_value(value: Any, *, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BudgetError(
+            f"{where} must be an int (tokens kept per image) or a float in (0, 1] (fraction of each image's "
+            f"tokens), got {type(value).__name__} {value!r}"
+        )
+    if isinstance(value, float):
+        if not math.isfinite(value) or not 0.0 < value <= 1.0:
+            raise BudgetError(
+                f"{where}: a float budget is a fraction of the image's tokens and must lie in (0, 1], got {value}; "
+                "pass an int to keep a number of tokens"
+            )
+    elif value <= 0:
+        raise BudgetError(f"{where} must be at least 1 token, got {value}")
+
+
+def check_budget(budget: Any) -> None:
+    """Validate a budget's type and range without knowing the image (raises :class:`BudgetError`)."""
+    if isinstance(budget, (list, tuple)):
+        if not budget:
+            raise BudgetError("a per-image budget list must not be empty")
+        for i, value in enumerate(budget):
+            _check_budget_value(value, where=f"budget[{i}]")
+    else:
+        _check_budget_value(budget, where="budget")
+
+
+def resolve_budget(budget: Budget, num_tokens: int, image_index: int = 0) -> int:
+    """Number of tokens to keep for an image of ``num_tokens`` tokens.
+
+    ``int``: that many tokens (must be ``<= num_tokens``); ``float`` in (0, 1]: ``round(budget * num_tokens)``,
+    at least 1; a list or tuple gives one budget per image of the call, in batch order.
+    """
+    check_budget(budget)
+    if isinstance(budget, (list, tuple)):
+        if image_index >= len(budget):
+            raise BudgetError(
+                f"per-image budgets: got {len(budget)} budget(s) but the call has at least {image_index + 1} images"
+            )
+        budget = budget[image_index]
+    if isinstance(budget, float):
+        return max(1, min(num_tokens, round(budget * num_tokens)))
+    if budget > num_tokens:
+        raise BudgetError(
+            f"budget {budget} is larger than the image's {num_tokens} visual tokens; "
+            f"allowed: 1..{num_tokens} (or a fraction in (0, 1])"
+        )
+    return budget
+
+
+@dataclass
+class Method:
+    """Base class: hyper-parameters are dataclass fields; ``budget`` and ``order`` are common to all.
+
+    Attributes:
+        budget: visual tokens kept per image (int), a fraction of each image's tokens (float in (0, 1]),
+            or a list with one of those per image of the call.
+        order: how kept tokens are arranged in the sequence: ``"original"`` (their order in the image),
+            ``"selection"`` (the order the method picked them), ``"score"`` (descending score).
+    """
+
+    budget: Budget = 0.25
+    order: str = "original"
+
+    name: ClassVar[str] = "method"
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    #: signals of :class:`VisualContext` the method reads (adapters without them raise a clear error early)
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        check_budget(self.budget)
+        if self.order not in ORDERS:
+            raise ValueError(f"{self.name}: order must be one of {ORDERS}, got {self.order!r}")
+
+    # -- to override -----------------------------------------------------------------------------------
+    def score(self, ctx: VisualContext) -> torch.Tensor:
+        """``[N]`` importance of every token (higher is kept first). Override this or :meth:`select`."""
+        raise TypeError(f"{type(self).__name__} must override score() or select()")
+
+    def select(self, ctx: VisualContext) -> Selection:
+        """Default: keep the top-``budget`` tokens by :meth:`score` (ties: lower index first)."""
+        scores = self.score(ctx)
+        kept = topk_indices(scores, self.num_to_keep(ctx))
+        return Selection(kept_indices=kept, scores=scores)
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def num_to_keep(self, ctx: VisualContext) -> int:
+        return resolve_budget(self.budget, ctx.num_tokens, ctx.image_index)
+
+    def keeps_everything(self, ctx: VisualContext) -> bool:
+        return self.num_to_keep(ctx) == ctx.num_tokens
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __str__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{self.name}({params})"

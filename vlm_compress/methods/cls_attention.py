@@ -1,0 +1,24 @@
+"""Top-k by the vision encoder's [CLS] attention (the signal of FasterVLM and VisionZip's dominant tokens)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..context import VisualContext
+from .base import Method
+
+
+@dataclass
+class ClsAttention(Method):
+    """Keep the ``budget`` tokens that the encoder's [CLS] query attends to most at the feature layer
+    (head-averaged), as FasterVLM (arXiv 2412.01818) and VisionZip (arXiv 2412.04467) do."""
+
+    name = "cls_attention"
+    description = "top-k by the vision encoder's [CLS] attention at the feature layer (FasterVLM/VisionZip)"
+    paper = "https://arxiv.org/abs/2412.01818"
+    requires = ("cls_attention",)
+
+    def score(self, ctx: VisualContext) -> torch.Tensor:
+        return ctx.cls_attention

@@ -1,0 +1,182 @@
+"""Patch one model instance, record what happened, undo it exactly.
+
+One :class:`CompressionHandle` owns every replaced attribute and every hook handle it installs; ``remove()``
+puts them back in reverse order, also when the body of a ``with`` block raised. Nothing outside the instance
+(no class, no module of transformers) is ever touched.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from torch import nn
+
+from .adapters.base import POSITION_POLICIES
+from .errors import AlreadyPatchedError, UnsupportedModelError
+from .methods.base import Method
+from .registry import adapter_class, get_method
+from .selection import Report
+
+_MISSING = object()
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, CompressionHandle] = weakref.WeakKeyDictionary()
+
+
+def active_handle(model: nn.Module) -> CompressionHandle | None:
+    """The handle currently patching ``model``, if any."""
+    return _ACTIVE.get(model)
+
+
+class CompressionHandle:
+    """A patched model. Use as a context manager, or call :meth:`remove` yourself.
+
+    Attributes:
+        model: the patched instance.
+        method: the :class:`~vlm_compress.methods.base.Method` that chooses the tokens.
+        report: a :class:`~vlm_compress.selection.Report` of every patched call.
+        position_ids: ``"original"`` or ``"contiguous"`` (see :func:`patch`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str | Method,
+        *,
+        position_ids: str = "original",
+        processor: Any = None,
+        **method_kwargs: Any,
+    ):
+        if not isinstance(model, nn.Module) or getattr(model, "config", None) is None:
+            raise UnsupportedModelError(
+                f"expected a transformers model instance (an nn.Module with a config), got {type(model).__name__}"
+            )
+        if isinstance(method, Method):
+            if method_kwargs:
+                raise TypeError(
+                    "pass hyper-parameters either to the method object or as keyword arguments with a method "
+                    f"name, not both (got a {type(method).__name__} and {sorted(method_kwargs)})"
+                )
+        elif isinstance(method, str):
+            method = get_method(method, **method_kwargs)
+        else:
+            raise TypeError(
+                f"method must be a registered name or a Method instance, got {type(method).__name__}"
+            )
+        if position_ids not in POSITION_POLICIES:
+            raise ValueError(f"position_ids must be one of {POSITION_POLICIES}, got {position_ids!r}")
+        if model in _ACTIVE:
+            raise AlreadyPatchedError(
+                f"this {type(model).__name__} is already patched by vlm_compress (method "
+                f"{_ACTIVE[model].method.name!r}); remove that handle (or leave its `with` block) first"
+            )
+        self.model = model
+        self.method = method
+        self.position_ids = position_ids
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.report = Report()
+        self._undo: list[tuple[str, Any]] = []
+        self._active = False
+        self.adapter = adapter_class(model)(model, self)
+        try:
+            self.adapter.install()
+        except BaseException:
+            self._restore()
+            raise
+        _ACTIVE[model] = self
+        self._active = True
+
+    # ------------------------------------------------------------------ ownership of changes
+    def set_attr(self, obj: Any, name: str, value: Any) -> None:
+        """Set ``obj.name = value`` on the instance, remembering what to put back."""
+        previous = obj.__dict__.get(name, _MISSING)
+        self._undo.append(("attr", (obj, name, previous)))
+        setattr(obj, name, value)
+
+    def add_hook(self, removable: Any) -> Any:
+        """Own a ``torch.utils.hooks.RemovableHandle`` (anything with ``remove()``)."""
+        self._undo.append(("hook", removable))
+        return removable
+
+    def _restore(self) -> None:
+        errors = []
+        while self._undo:
+            kind, item = self._undo.pop()
+            try:
+                if kind == "hook":
+                    item.remove()
+                else:
+                    obj, name, previous = item
+                    if previous is _MISSING:
+                        delattr(obj, name)
+                    else:
+                        setattr(obj, name, previous)
+            except Exception as err:  # keep restoring the rest, report afterwards
+                errors.append(err)
+        if errors:
+            raise RuntimeError(f"vlm_compress could not fully restore the model: {errors}")
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def remove(self) -> None:
+        """Undo the patch. Safe to call twice."""
+        if not self._active:
+            return
+        try:
+            self._restore()
+        finally:
+            self._active = False
+            _ACTIVE.pop(self.model, None)
+
+    def __enter__(self) -> CompressionHandle:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "removed"
+        return f"<CompressionHandle {self.method} on {type(self.model).__name__} ({state})>"
+
+
+def patch(
+    model: nn.Module,
+    method: str | Method,
+    *,
+    position_ids: str = "original",
+    processor: Any = None,
+    **method_kwargs: Any,
+) -> CompressionHandle:
+    """Patch ``model`` so its language model runs on the visual tokens that ``method`` keeps.
+
+    Args:
+        model: a supported transformers VLM instance (``vlmc.registry.list_adapters()``).
+        method: a registered name (``vlmc.list_methods()``) or a method object.
+        position_ids: ``"original"`` (default): kept tokens keep the position ids they had in the full
+            sequence; ``"contiguous"``: the shortened sequence is renumbered without gaps.
+        processor: optional processor or tokenizer, for methods that read the prompt's text.
+        **method_kwargs: the method's hyper-parameters, e.g. ``budget=64`` (tokens per image) or
+            ``budget=0.25`` (fraction of each image's tokens).
+
+    Returns:
+        A :class:`CompressionHandle`; ``handle.remove()`` undoes the patch exactly.
+    """
+    return CompressionHandle(model, method, position_ids=position_ids, processor=processor, **method_kwargs)
+
+
+def compress(
+    model: nn.Module,
+    method: str | Method,
+    *,
+    position_ids: str = "original",
+    processor: Any = None,
+    **method_kwargs: Any,
+) -> CompressionHandle:
+    """Context-manager form of :func:`patch`: ``with vlmc.compress(model, "uniform", budget=64) as run: ...``.
+
+    The patch is active from the call until the ``with`` block exits (normally or by an exception); ``run.report``
+    then holds the per-image records.
+    """
+    return patch(model, method, position_ids=position_ids, processor=processor, **method_kwargs)

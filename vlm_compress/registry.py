@@ -1,0 +1,92 @@
+"""Name -> method class and ``config.model_type`` -> adapter class, both imported lazily."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import UnknownMethodError, UnsupportedModelError
+
+if TYPE_CHECKING:
+    from .adapters.base import Adapter
+    from .methods.base import Method
+
+# name -> "module:Class"; the class is imported the first time it is asked for
+_METHODS: dict[str, str] = {
+    "random": "vlm_compress.methods.random:RandomSelection",
+    "uniform": "vlm_compress.methods.uniform:Uniform",
+    "pool": "vlm_compress.methods.pool:Pool",
+    "cls_attention": "vlm_compress.methods.cls_attention:ClsAttention",
+    "tome": "vlm_compress.methods.tome:ToMe",
+}
+
+# model_type -> "module:Class"
+_ADAPTERS: dict[str, str] = {
+    "llava": "vlm_compress.adapters.llava:LlavaAdapter",
+}
+
+
+def _load(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def register_method(name: str, target: str | type) -> None:
+    """Register a method class (or its ``"module:Class"`` path) under ``name``; later names win."""
+    if not isinstance(target, str):
+        target = f"{target.__module__}:{target.__qualname__}"
+    _METHODS[name] = target
+
+
+def register_adapter(model_type: str, target: str | type) -> None:
+    """Register an adapter class (or its ``"module:Class"`` path) for a ``config.model_type``."""
+    if not isinstance(target, str):
+        target = f"{target.__module__}:{target.__qualname__}"
+    _ADAPTERS[model_type] = target
+
+
+def list_methods() -> list[str]:
+    """Names of the registered methods, in registration order."""
+    return list(_METHODS)
+
+
+def list_adapters() -> list[str]:
+    """``config.model_type`` values that an adapter supports."""
+    return list(_ADAPTERS)
+
+
+def method_class(name: str) -> type[Method]:
+    if not isinstance(name, str) or name not in _METHODS:
+        raise UnknownMethodError(f"unknown method {name!r}; valid methods: {', '.join(_METHODS)}")
+    return _load(_METHODS[name])
+
+
+def get_method(name: str, **kwargs: Any) -> Method:
+    """Instantiate the method registered as ``name`` with its hyper-parameters (``budget=64``, ...)."""
+    cls = method_class(name)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        from dataclasses import fields
+
+        valid = ", ".join(f.name for f in fields(cls))
+        raise TypeError(f"{name}: {err}; valid hyper-parameters: {valid}") from None
+
+
+def describe_methods() -> dict[str, str]:
+    """Name -> one-line description of every registered method."""
+    return {name: method_class(name).description for name in _METHODS}
+
+
+def adapter_class(model: Any) -> type[Adapter]:
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _ADAPTERS:
+        kind = type(model).__name__
+        raise UnsupportedModelError(
+            f"no adapter for {kind} (config.model_type={model_type!r}); supported model types: "
+            f"{', '.join(_ADAPTERS)}"
+        )
+    return _load(_ADAPTERS[model_type])

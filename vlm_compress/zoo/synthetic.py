@@ -1,0 +1,103 @@
+"""Random-weight models built from configs: tiny ones for tests and examples.
+
+They are real transformers classes (``LlavaForConditionalGeneration``, ...) with small widths, so everything
+that works on them runs the same code paths as a HuggingFace checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+TINY_IMAGE_TOKEN_ID = 999
+TINY_VOCAB = 1000
+
+
+def _tiny_text_config(**overrides: Any):
+    from transformers import LlamaConfig
+
+    params = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=TINY_VOCAB,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        max_position_embeddings=2048,
+    )
+    params.update(overrides)
+    return LlamaConfig(**params)
+
+
+def build_tiny(
+    model_type: str = "llava", *, seed: int = 0, attn_implementation: str = "sdpa", **overrides: Any
+):
+    """A tiny random-weight model of ``model_type`` in eval mode (fp32, CPU).
+
+    ``llava``: CLIP tower 96x96 px with 8-px patches (12x12 = 144 visual tokens), 3-layer Llama.
+    """
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    if model_type == "llava":
+        vision = CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=96,
+            patch_size=8,
+        )
+        config = LlavaConfig(
+            vision_config=vision,
+            text_config=_tiny_text_config(**overrides),
+            image_token_id=TINY_IMAGE_TOKEN_ID,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
+        config._attn_implementation = attn_implementation
+        model = LlavaForConditionalGeneration(config)
+    else:
+        raise ValueError(f"no tiny builder for model_type {model_type!r}; available: llava")
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
+def tiny_inputs(
+    model,
+    images_per_row: list[int],
+    *,
+    text_lengths: list[int] | None = None,
+    padding_side: str = "left",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Hand-built inputs of the exact shapes a LLaVA processor produces: each row ``BOS, text, <image> x N per
+    image, text``, padded with id 0 on ``padding_side``. Returns ``input_ids``, ``attention_mask``,
+    ``pixel_values`` (one image per ``<image>``)."""
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+    image_size = config.vision_config.image_size
+    patches = (image_size // config.vision_config.patch_size) ** 2
+    text_lengths = text_lengths or [3 + 2 * i for i in range(len(images_per_row))]
+    rows = []
+    for count, text_length in zip(images_per_row, text_lengths):
+        words = torch.randint(
+            3, TINY_VOCAB - 1, (text_length + 2 * max(count, 1),), generator=generator
+        ).tolist()
+        row = [1] + words[:text_length]
+        for i in range(count):
+            row += [config.image_token_id] * patches + words[text_length + 2 * i : text_length + 2 * i + 2]
+        rows.append(row)
+    length = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, row in enumerate(rows):
+        span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
+        ids[b, span] = torch.tensor(row)
+        mask[b, span] = 1
+    pixel_values = torch.randn(sum(images_per_row), 3, image_size, image_size, generator=generator)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values}
