@@ -1,0 +1,21 @@
+"""Shared fixtures: tiny random-weight models built from configs (session-scoped)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava():
+    return build_tiny("llava", seed=0)
+
+
+@pytest.fixture()
+def llava_batch(tiny_llava):
+    """Two prompts, left-padded: one with two images, one with one image (3 images in all)."""
+    return tiny_inputs(tiny_llava, [2, 1], padding_side="left", seed=1)

@@ -1,0 +1,58 @@
+"""The ``vlmc`` command line.
+
+Each subcommand lives next to the feature it drives and registers itself through ``add_parser(subparsers)``
+(modules are imported only to build their parser; heavy imports happen inside the command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand name -> module exposing add_parser(subparsers)
+SUBCOMMANDS = {
+    "methods": "vlm_compress.cli",
+}
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from .registry import describe_methods, method_class
+
+    rows = describe_methods()
+    width = max(len(name) for name in rows)
+    for name, description in rows.items():
+        paper = method_class(name).paper
+        suffix = f"  [{paper}]" if paper and args.papers else ""
+        print(f"{name:<{width}}  {description}{suffix}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("methods", help="list the registered compression methods")
+    parser.add_argument("--papers", action="store_true", help="also print each method's paper link")
+    parser.set_defaults(func=_methods)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlmc", description="Prune, merge and reorder the visual tokens of vision-language models."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in dict.fromkeys(SUBCOMMANDS.values()):
+        importlib.import_module(module).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
