@@ -1,0 +1,138 @@
+"""The patch contract: exact undo, exact full budget, one patch per model, the public API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vlm_compress as vlmc
+from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
+
+from .helpers import hook_state
+
+
+@pytest.fixture(scope="module")
+def model():
+    model = build_tiny("llava", seed=3)
+    # the first unpatched call lets transformers install its own (permanent) output-capture hooks
+    model(**tiny_inputs(model, [1]))
+    return model
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_full_budget_reproduces_logits_exactly(model, padding_side):
+    inputs = tiny_inputs(model, [2, 1, 0], padding_side=padding_side, seed=5)
+    reference = model(**inputs).logits
+    for name in vlmc.list_methods():
+        with vlmc.compress(model, name, budget=1.0) as run:
+            logits = model(**inputs).logits
+        assert torch.equal(logits, reference), name
+        assert run.report.tokens_after == run.report.tokens_before == 3 * 144
+
+
+def test_hooks_and_wrappers_are_gone_after_exit(model):
+    inputs = tiny_inputs(model, [1, 2], seed=2)
+    before = hook_state(model)
+    reference = model(**inputs).logits
+    with vlmc.compress(model, "uniform", budget=16):
+        assert "forward" in model.__dict__ and "generate" in model.__dict__
+        model(**inputs)
+    assert hook_state(model) == before
+    assert torch.equal(model(**inputs).logits, reference)
+
+
+def test_hooks_are_gone_after_an_exception(model):
+    inputs = tiny_inputs(model, [1], seed=2)
+    before = hook_state(model)
+    reference = model(**inputs).logits
+    with pytest.raises(RuntimeError, match="boom"), vlmc.compress(model, "uniform", budget=16):
+        model(**inputs)
+        raise RuntimeError("boom")
+    assert hook_state(model) == before
+    assert vlmc.active_handle(model) is None
+    assert torch.equal(model(**inputs).logits, reference)
+    # and the model can be patched again
+    with vlmc.compress(model, "random", budget=8) as run:
+        model(**inputs)
+    assert run.report.tokens_after == 8
+
+
+def test_hooks_are_gone_after_a_failing_call(model):
+    """A call that fails inside the patched forward (bad budget for this image) leaves nothing behind."""
+    inputs = tiny_inputs(model, [1], seed=2)
+    before = hook_state(model)
+    with pytest.raises(vlmc.BudgetError), vlmc.compress(model, "uniform", budget=500):
+        model(**inputs)
+    assert hook_state(model) == before
+
+
+def test_patch_twice_is_a_clear_error(model):
+    with vlmc.compress(model, "uniform", budget=16):
+        with pytest.raises(vlmc.AlreadyPatchedError, match="already patched"):
+            vlmc.compress(model, "random", budget=16)
+    # after exit a new patch is fine
+    vlmc.patch(model, "random", budget=16).remove()
+
+
+def test_patch_and_remove_without_with(model):
+    inputs = tiny_inputs(model, [1], seed=4)
+    reference = model(**inputs).logits
+    handle = vlmc.patch(model, "pool", budget=9)
+    assert handle.active and vlmc.active_handle(model) is handle
+    assert model(**inputs).logits.shape[1] < reference.shape[1]
+    handle.remove()
+    handle.remove()  # idempotent
+    assert not handle.active
+    assert torch.equal(model(**inputs).logits, reference)
+
+
+def test_method_object_and_name_are_equivalent(model):
+    inputs = tiny_inputs(model, [1], seed=4)
+    with vlmc.compress(model, "uniform", budget=20):
+        by_name = model(**inputs).logits
+    from vlm_compress.methods.uniform import Uniform
+
+    with vlmc.compress(model, Uniform(budget=20)):
+        by_object = model(**inputs).logits
+    assert torch.equal(by_name, by_object)
+    with pytest.raises(TypeError, match="not both"):
+        vlmc.compress(model, Uniform(budget=20), budget=10)
+
+
+def test_fraction_budget(model):
+    inputs = tiny_inputs(model, [1], seed=4)
+    with vlmc.compress(model, "uniform", budget=0.25) as run:
+        model(**inputs)
+    assert run.report.images[0].tokens_after == 36
+
+
+def test_registry_api():
+    names = vlmc.list_methods()
+    assert {"random", "uniform", "pool", "cls_attention", "tome"} <= set(names)
+    method = vlmc.get_method("uniform", budget=32)
+    assert method.budget == 32 and method.name == "uniform"
+    descriptions = vlmc.describe_methods()
+    assert all(descriptions[name] for name in names)
+    assert "llava" in vlmc.list_adapters()
+
+
+def test_report_records_images_and_calls(model):
+    inputs = tiny_inputs(model, [2, 1], seed=6)
+    with vlmc.compress(model, "uniform", budget=16) as run:
+        out = model(**inputs)
+    report = run.report
+    assert [(r.row, r.image) for r in report.images] == [(0, 0), (0, 1), (1, 2)]
+    assert all(r.tokens_before == 144 and r.tokens_after == 16 for r in report.images)
+    assert all(r.kept_indices == sorted(r.kept_indices) for r in report.images)
+    assert all(r.selection_ms >= 0 for r in report.images)
+    call = report.calls[0]
+    assert call.kind == "forward"
+    assert call.positions_after == [p - c * 128 for p, c in zip(call.positions_before, [2, 1])]
+    # the report maps every logit row back to the caller's column
+    assert call.original_positions.shape == out.logits.shape[:2]
+    rows = torch.arange(2)[:, None]
+    mapped = inputs["input_ids"][rows, call.original_positions.clamp(min=0)]
+    assert ((mapped == 999).sum(dim=1) == torch.tensor([32, 16])).all()
+    assert "uniform" in str(report)
+    as_dict = report.to_dict()
+    assert as_dict["images"][0]["tokens_after"] == 16 and as_dict["calls"][0]["kind"] == "forward"
