@@ -66,12 +66,17 @@ def triton_available() -> bool:
     return True
 
 
+def interpreted() -> bool:
+    """Whether Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def _wants_triton(op: str, tensors: tuple[torch.Tensor, ...]) -> bool:
     backend = get_backend()
     if backend == "torch" or op in _failed_ops:
         return False
     if backend == "auto":
-        return triton_available() and all(t.is_cuda for t in tensors)
+        return all(t.is_cuda for t in tensors) and triton_available()
     if not triton_available():
         _fail(op, ImportError("triton is not installed (pip install 'vlm-compress[triton]')"))
         return False

@@ -10,8 +10,11 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_J = 16
-BLOCK_R = 128
+from .._dispatch import interpreted
+
+# (BLOCK_J, BLOCK_R): GPU tiles; the interpreter pays per program, so it gets bigger ones
+GPU_BLOCKS = (16, 128)
+INTERPRETER_BLOCKS = (128, 512)
 
 
 @triton.jit
@@ -56,10 +59,11 @@ def _coverage_step_kernel(
 
 def _launch(candidates, covered_in, covered_out, blocked, prev, gains) -> None:
     batch, n, targets = candidates.shape
-    grid = (triton.cdiv(n, BLOCK_J), batch)
+    block_j, block_r = INTERPRETER_BLOCKS if interpreted() else GPU_BLOCKS
+    grid = (triton.cdiv(n, block_j), batch)
     _coverage_step_kernel[grid](
         candidates, covered_in, covered_out, blocked, prev, gains, n, targets,
-        candidates.stride(0), candidates.stride(1), BLOCK_J=BLOCK_J, BLOCK_R=BLOCK_R,
+        candidates.stride(0), candidates.stride(1), BLOCK_J=block_j, BLOCK_R=block_r,
     )  # fmt: skip
 
 

@@ -10,11 +10,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .._dispatch import interpreted
 from .reference import EPS
 
-BLOCK_N = 64
-BLOCK_M = 64
-BLOCK_D = 32
+# (BLOCK_N, BLOCK_M, BLOCK_D): GPU tiles; the interpreter pays per program, so it gets bigger ones
+GPU_BLOCKS = (64, 64, 32)
+INTERPRETER_BLOCKS = (128, 128, 128)
 # bf16 tiles go through the dot as fp32 (exact): the interpreter's tl.dot misreads bf16 (held as uint16)
 
 
@@ -76,10 +77,11 @@ def pairwise_similarity(a: torch.Tensor, b: torch.Tensor | None = None) -> torch
     out = torch.empty(batch, n, m, dtype=torch.float32, device=a.device)
     if out.numel() == 0:
         return out.reshape(*lead, n, m)
-    grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(m, BLOCK_M), batch)
+    block_n, block_m, block_d = INTERPRETER_BLOCKS if interpreted() else GPU_BLOCKS
+    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), batch)
     _cosine_similarity_kernel[grid](
         a3, b3, out, n, m, d,
         *a3.stride(), *b3.stride(), *out.stride(),
-        EPS=EPS, UPCAST=a3.dtype == torch.bfloat16, BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D,
+        EPS=EPS, UPCAST=a3.dtype == torch.bfloat16, BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d,
     )  # fmt: skip
     return out.reshape(*lead, n, m)
