@@ -15,7 +15,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..context import VisualContext, _LazySignals
 from ..errors import InputMismatchError
-from . import vision_towers
+from . import text_signals, vision_towers
 from .base import Adapter, ImageSlot
 
 
@@ -62,7 +62,7 @@ class LlavaAdapter(Adapter):
         if vision_towers.has_cls_token(self.vision_tower):
             signals.add("cls_attention")
         if self.handle.tokenizer is not None:
-            signals.add("prompt_text")
+            signals |= {"prompt_text", "question", "text_embedder"}
         return signals
 
     def image_token_mask(self, input_ids, inputs_embeds):
@@ -107,7 +107,7 @@ class LlavaAdapter(Adapter):
                 grid=self.grid_for(feats.shape[0]),
                 image_index=i,
                 row=row,
-                signals=_LazySignals(signals.providers(i, row, is_image), owner=f"image {i}"),
+                signals=_LazySignals(signals.providers(i, row, columns, is_image), owner=f"image {i}"),
             )
             slots.append(ImageSlot(row=row, columns=columns, context=context))
         return slots
@@ -127,7 +127,7 @@ class ImageSignals:
         self.drop_cls = strategy == "default"
         self._cls: torch.Tensor | None = None
 
-    def providers(self, image: int, row: int, is_image: torch.Tensor) -> dict[str, Any]:
+    def providers(self, image: int, row: int, columns: torch.Tensor, is_image: torch.Tensor) -> dict[str, Any]:
         providers = {
             "vision_features": lambda: self.vision_features(image),
             "cls_attention": lambda: self.cls_attention()[image],
@@ -139,6 +139,12 @@ class ImageSignals:
         if tokenizer is not None and self.call["input_ids"] is not None:
             providers["prompt_text"] = lambda: tokenizer.decode(
                 self.text_ids(row, is_image), skip_special_tokens=True
+            )
+            providers["question"] = lambda: text_signals.question_text(
+                tokenizer, self.text_ids(row, is_image, after=int(columns[-1])), self.text_ids(row, is_image)
+            )
+            providers["text_embedder"] = lambda: text_signals.word_embedder(
+                tokenizer, self.adapter.model.get_input_embeddings()
             )
         return providers
 
@@ -157,15 +163,17 @@ class ImageSignals:
             ]
         return self._cls
 
-    def _text_columns(self, row: int, is_image: torch.Tensor) -> torch.Tensor:
+    def _text_columns(self, row: int, is_image: torch.Tensor, after: int = -1) -> torch.Tensor:
         keep = ~is_image[row]
+        keep[: after + 1] = False
         mask = self.call["attention_mask"]
         if mask is not None:
             keep &= mask[row].bool()
         return torch.nonzero(keep).flatten()
 
-    def text_ids(self, row: int, is_image: torch.Tensor) -> torch.Tensor:
-        return self.call["input_ids"][row, self._text_columns(row, is_image)]
+    def text_ids(self, row: int, is_image: torch.Tensor, after: int = -1) -> torch.Tensor:
+        """The row's text token ids (optionally only those after column ``after``)."""
+        return self.call["input_ids"][row, self._text_columns(row, is_image, after)]
 
     def text_embeds(self, row: int, is_image: torch.Tensor) -> torch.Tensor:
         columns = self._text_columns(row, is_image)
