@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import kernels
 from .similarity import cosine_similarity
 
 
@@ -47,15 +48,8 @@ def greedy_coverage(matrix: torch.Tensor, k: int, *, exclude: torch.Tensor | Non
         blocked[exclude.to(matrix.device).long()] = True
     if k > int((~blocked).sum()):
         raise ValueError(f"coverage: cannot pick {k} columns, only {int((~blocked).sum())} are not excluded")
-    covered = torch.zeros(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
-    picks = torch.empty(k, dtype=torch.long, device=matrix.device)
-    for step in range(k):
-        gain = (matrix - covered[:, None]).clamp_min(0).sum(dim=0)
-        j = gain.masked_fill(blocked, -float("inf")).argmax()
-        picks[step] = j
-        blocked[j] = True
-        covered = torch.maximum(covered, matrix[:, j])
-    return picks
+    # the greedy loop runs in kernels/ (Triton on CUDA, an exact lazy greedy in torch elsewhere)
+    return kernels.greedy_coverage(matrix, k, exclude=blocked)
 
 
 def mmtok_coverage(

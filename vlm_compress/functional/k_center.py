@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .similarity import cosine_similarity
+from .. import kernels
 
 
 def _check(features: torch.Tensor, k: int) -> None:
@@ -47,21 +47,6 @@ def k_center(features: torch.Tensor, k: int, *, first: int | torch.Tensor) -> to
     if ((first_t < 0) | (first_t >= n)).any():
         raise ValueError(f"k_center: first index out of range [0, {n}): {first_t.tolist()}")
 
-    # distance matrix computed once; each step only reads one row of it
-    distance = 1.0 - cosine_similarity(x)  # [B, N, N]
-    rows = torch.arange(b, device=device)
-    selected = torch.empty(b, k, dtype=torch.long, device=device)
-    taken = torch.zeros(b, n, dtype=torch.bool, device=device)
-    # running minimum distance of every token to the selected set
-    min_dist = torch.full((b, n), float("inf"), device=device)
-    centre = first_t
-    for step in range(k):
-        selected[:, step] = centre
-        taken[rows, centre] = True
-        min_dist = torch.minimum(min_dist, distance[rows, centre])
-        if step + 1 == k:
-            break
-        # already selected tokens can never win; argmax returns the first (lowest) index among ties
-        candidates = min_dist.masked_fill(taken, -float("inf"))
-        centre = candidates.argmax(dim=1)
+    # the distance matrix is built once inside kernels/ (Triton on CUDA, torch elsewhere)
+    selected = kernels.k_center(x, k, first=first_t)
     return selected[0] if single else selected

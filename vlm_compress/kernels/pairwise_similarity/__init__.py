@@ -13,9 +13,10 @@ __all__ = ["pairwise_similarity"]
 def pairwise_similarity(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """Cosine similarity of rows in fp32: ``a: [..., N, D]``, ``b: [..., M, D]`` (default ``a``) -> ``[..., N, M]``.
 
-    Any float dtype in; fp32 out. Zero rows have similarity 0 with everything.
+    Any float dtype in; fp32 out. Zero rows have similarity 0 with everything. Leading dims broadcast (the
+    Triton kernel takes equal leading dims; others use torch).
     """
-    if a.dim() < 2 or (b is not None and (b.dim() != a.dim() or b.shape[-1] != a.shape[-1])):
+    if a.dim() < 2 or (b is not None and (b.dim() < 2 or b.shape[-1] != a.shape[-1])):
         raise ValueError(
             f"pairwise_similarity: expected [..., N, D] and [..., M, D] with the same D, got "
             f"{tuple(a.shape)} and {None if b is None else tuple(b.shape)}"

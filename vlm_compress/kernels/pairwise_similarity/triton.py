@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import interpreted
+from .._dispatch import KernelUnsupported, interpreted
 from .reference import EPS
 
 # (BLOCK_N, BLOCK_M, BLOCK_D): GPU tiles; the interpreter pays per program, so it gets bigger ones
@@ -67,6 +67,8 @@ def _cosine_similarity_kernel(
 def pairwise_similarity(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """Launcher with the reference's contract: ``[..., N, D] x [..., M, D] -> [..., N, M]`` fp32."""
     b = a if b is None else b
+    if a.shape[:-2] != b.shape[:-2]:
+        raise KernelUnsupported(f"leading dims differ: {tuple(a.shape[:-2])} vs {tuple(b.shape[:-2])}")
     if a.dtype != b.dtype or a.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         a, b = a.float(), b.float()
     lead = a.shape[:-2]
