@@ -169,6 +169,17 @@ def test_lazy_greedy_gives_exactly_the_readable_picks(seed):
     assert not blocked.gather(1, lazy).any()
 
 
+def test_lazy_greedy_with_one_candidate_per_round(monkeypatch):
+    # a batch of 1 makes most steps widen their search (1, 2, 4, ...): still the readable greedy's picks
+    monkeypatch.setattr(coverage_reference, "LAZY_BATCH", 1)
+    matrix = mmtok_like(2, 80, 60, seed=3) ** 2
+    matrix[..., 40:50] = matrix[..., 0:10]
+    candidates_t = matrix.transpose(1, 2).contiguous()
+    blocked = torch.zeros(2, 60, dtype=torch.bool)
+    readable = coverage_reference.greedy_coverage(candidates_t, 60, blocked)
+    assert torch.equal(coverage_reference.greedy_coverage_lazy(candidates_t, 60, blocked), readable)
+
+
 def test_greedy_coverage_accepts_half_precision_and_batches():
     matrix = mmtok_like(3, 50, 40, seed=0)
     picks = kernels.greedy_coverage(matrix, 10)

@@ -41,36 +41,40 @@ def _lazy_greedy_one(candidates: torch.Tensor, k: int, blocked: torch.Tensor) ->
     """Lazy greedy (Minoux, 1978) for one ``[n, R]`` matrix: the same picks as :func:`greedy_coverage`.
 
     Coverage only grows, so a gain computed earlier bounds the current one from above (also in floating
-    point: each term and a fixed-order sum of non-negative terms are monotone). Each step re-evaluates the
-    candidates with the largest stale bounds until the best bound belongs to a fresh gain.
+    point: each term and a fixed-order sum of non-negative terms are monotone). Each step re-evaluates only
+    the candidates with the largest bounds, as many as it takes for a fresh gain to beat every other bound.
     """
-    n = candidates.shape[0]
-    blocked = blocked.clone()
     covered = torch.zeros(candidates.shape[1], dtype=candidates.dtype, device=candidates.device)
-    bound = coverage_gain(candidates, covered)
-    fresh = torch.ones(n, dtype=torch.bool, device=candidates.device)
+    # upper bounds of the gains, exact at the start; -inf marks blocked and picked candidates
+    bound = coverage_gain(candidates, covered).masked_fill(blocked, -float("inf"))
+    available = candidates.shape[0] - int(blocked.sum())
     picks = torch.empty(k, dtype=torch.long, device=candidates.device)
-    available = n - int(blocked.sum())
+    pick = bound.argmax()
     for step in range(k):
-        num_fresh = n if step == 0 else 0
-        size = LAZY_BATCH
-        while True:
-            pick = int(bound.masked_fill(blocked, -float("inf")).argmax())
-            # the first maximum is exact: every stale candidate's gain is at most its bound
-            if fresh[pick] or num_fresh >= available:
-                break
-            stale = bound.masked_fill(fresh | blocked, -float("inf"))
-            cols = stale.topk(min(size, available - num_fresh)).indices
-            bound[cols] = coverage_gain(candidates[cols], covered)
-            fresh[cols] = True
-            num_fresh += cols.numel()
-            size *= 2
+        if step:
+            pick = _lazy_step(candidates, covered, bound, available)
         picks[step] = pick
-        blocked[pick] = True
+        bound[pick] = -float("inf")
         available -= 1
         covered = torch.maximum(covered, candidates[pick])
-        fresh.zero_()
     return picks
+
+
+def _lazy_step(
+    candidates: torch.Tensor, covered: torch.Tensor, bound: torch.Tensor, available: int
+) -> torch.Tensor:
+    """One lazy step: refresh ``bound`` in place for the top candidates, return the exact lowest-index best."""
+    size = LAZY_BATCH
+    while True:
+        size = min(size, available)
+        top, cols = bound.topk(size)
+        gains = coverage_gain(candidates[cols], covered)
+        bound[cols] = gains
+        best = gains.max()
+        # a candidate outside `cols` has a gain <= its bound <= top[-1]; a fresh gain above that wins
+        if size == available or bool(best > top[-1]):
+            return torch.where(gains == best, cols, candidates.shape[0]).min()
+        size *= 2
 
 
 def greedy_coverage_lazy(candidates: torch.Tensor, k: int, blocked: torch.Tensor) -> torch.Tensor:
