@@ -53,7 +53,7 @@ def _coverage_step_kernel(
     blocked = tl.load(blocked_ptr + batch * N + offs_j, mask=mask_j, other=1)
     blocked = (blocked != 0) | (offs_j == prev)
     tl.store(gains_ptr + batch * N + offs_j, tl.where(blocked, float("-inf"), gains), mask=mask_j)
-    if pid_j == 0 and has_prev:
+    if (pid_j == 0) & has_prev:
         tl.store(blocked_ptr + batch * N + prev, 1)
 
 
