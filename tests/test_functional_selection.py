@@ -31,7 +31,10 @@ def test_k_center_hand_case_with_a_duplicate():
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, 0.0], [s, s]])
     # from 0: farthest is 3 (d=2); then 1 (d=1); then 4 (d=1-s); then the duplicate 2 (d=0), never 0 again
     assert k_center(x, 5, first=0).tolist() == [0, 3, 1, 4, 2]
-    assert k_center(x, 2, first=1).tolist() == [1, 0]  # 0, 2 and 3 all lie at d=1 from 1: the lowest index wins
+    assert k_center(x, 2, first=1).tolist() == [
+        1,
+        0,
+    ]  # 0, 2 and 3 all lie at d=1 from 1: the lowest index wins
 
 
 def test_k_center_ties_go_to_the_lowest_index():
@@ -84,7 +87,11 @@ def test_greedy_coverage_hand_worked_3x4():
 
 def test_coverage_matrix_is_the_papers_formula():
     g = torch.Generator().manual_seed(3)
-    text, vision, clip = torch.randn(3, 8, generator=g), torch.randn(5, 8, generator=g), torch.randn(5, 6, generator=g)
+    text, vision, clip = (
+        torch.randn(3, 8, generator=g),
+        torch.randn(5, 8, generator=g),
+        torch.randn(5, 6, generator=g),
+    )
     c = coverage_matrix(text, vision, clip, alpha=0.3, tv_temperature=0.1, vv_temperature=0.5)
     norm = torch.nn.functional.normalize
     p = torch.softmax(norm(text, dim=1) @ norm(vision, dim=1).T / 0.1, dim=1) / 3
@@ -95,13 +102,20 @@ def test_coverage_matrix_is_the_papers_formula():
 
 def test_mmtok_coverage_sorted_and_consistent():
     g = torch.Generator().manual_seed(4)
-    text, vision, clip = torch.randn(4, 16, generator=g), torch.randn(50, 16, generator=g), torch.randn(50, 8, generator=g)
+    text, vision, clip = (
+        torch.randn(4, 16, generator=g),
+        torch.randn(50, 16, generator=g),
+        torch.randn(50, 8, generator=g),
+    )
     picks = mmtok_coverage(text, vision, clip, 10)
     assert picks.tolist() == sorted(picks.tolist()) and len(set(picks.tolist())) == 10
     greedy = greedy_coverage(coverage_matrix(text, vision, clip), 10)
     assert picks.tolist() == sorted(greedy.tolist())
     half = mmtok_coverage(text.half(), vision.half(), clip.half(), 10)
-    assert half.tolist() == mmtok_coverage(text.half().float(), vision.half().float(), clip.half().float(), 10).tolist()
+    assert (
+        half.tolist()
+        == mmtok_coverage(text.half().float(), vision.half().float(), clip.half().float(), 10).tolist()
+    )
     excluded = mmtok_coverage(text, vision, clip, 10, exclude=picks[:3])
     assert not set(excluded.tolist()) & set(picks[:3].tolist())
     assert mmtok_coverage(text, vision, clip, 50).tolist() == list(range(50))

@@ -67,7 +67,7 @@ def test_similarity_small_grid(tokens, dim, dtype):
 
 @pytest.mark.parametrize(
     ("batch", "tokens", "dim", "dtype"),
-    [(1, 577, 1024, "fp32"), (1, 1000, 100, "bf16"), (3, 577, 16, "fp16")],
+    [(1, 577, 1024, "fp32"), (1, 1000, 100, "bf16")],
 )
 def test_similarity_large(batch, tokens, dim, dtype):
     a = randn(batch, tokens, dim, dtype=DTYPES[dtype], seed=3)

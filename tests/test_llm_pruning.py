@@ -46,7 +46,8 @@ def masked_logits(model, inputs, layer: int, drop: torch.Tensor) -> torch.Tensor
 @pytest.fixture(scope="module")
 def four_layers():
     return {
-        impl: build_tiny("llava", seed=5, attn_implementation=impl, num_hidden_layers=4) for impl in ("eager", "sdpa")
+        impl: build_tiny("llava", seed=5, attn_implementation=impl, num_hidden_layers=4)
+        for impl in ("eager", "sdpa")
     }
 
 
@@ -60,14 +61,19 @@ def test_fastv_logits_equal_masked_reference(four_layers, impl):
         drop = top_attended_drop(attentions[layer - 1][:, :, -1, :].mean(dim=1), inputs["input_ids"], keep)
         reference = masked_logits(eager, inputs, layer, drop)
         model = four_layers[impl]
-        with LayerLengths(model) as probe, vlmc.compress(model, "fastv", budget=keep, prune_layer=layer) as run:
+        with (
+            LayerLengths(model) as probe,
+            vlmc.compress(model, "fastv", budget=keep, prune_layer=layer) as run,
+        ):
             logits = model(**inputs).logits
     # the patched pass drops the columns instead of masking them: compare every surviving column
     valid = inputs["attention_mask"].bool()
     for b in range(logits.shape[0]):
         survivors = torch.nonzero(valid[b] & ~drop[b]).flatten()
         assert logits.shape[1] >= survivors.numel()
-        torch.testing.assert_close(logits[b, -survivors.numel() :], reference[b, survivors], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            logits[b, -survivors.numel() :], reference[b, survivors], atol=2e-5, rtol=1e-4
+        )
     full = inputs["input_ids"].shape[1]
     assert probe.calls[0][:layer] == [full] * layer
     assert all(length == logits.shape[1] < full for length in probe.calls[0][layer:])
@@ -105,7 +111,9 @@ def test_todre_two_stages_shrink_the_sequence_twice():
         cached = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         uncached = model.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=False)
     assert torch.equal(cached, uncached)
-    text = int(((inputs["input_ids"] != TINY_IMAGE_TOKEN_ID) & inputs["attention_mask"].bool()).sum(dim=1).max())
+    text = int(
+        ((inputs["input_ids"] != TINY_IMAGE_TOKEN_ID) & inputs["attention_mask"].bool()).sum(dim=1).max()
+    )
     lengths = probe.calls[0]
     # stage 1 keeps 40 tokens, layer 2 keeps half of them, layer 3 (= half depth) keeps none
     assert lengths[:2] == [text + 40] * 2

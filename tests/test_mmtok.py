@@ -11,7 +11,9 @@ from vlm_compress.zoo.synthetic import TINY_IMAGE_TOKEN_ID, build_tiny
 
 from .helpers import expand_images, word_tokenizer
 
-WORDS = "USER: ASSISTANT: What colour is the small star ? How many red circles are there Describe image".split()
+WORDS = (
+    "USER: ASSISTANT: What colour is the small star ? How many red circles are there Describe image".split()
+)
 
 
 def test_extract_keywords_drops_stop_words_and_benchmark_suffixes():

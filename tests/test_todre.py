@@ -12,7 +12,9 @@ from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
 
 
 def test_stage_one_is_k_center_from_the_cls_pivot():
-    model = build_tiny("llava", seed=4, num_hidden_layers=2)  # too shallow for stage 2 at layer 2: stage 1 only
+    model = build_tiny(
+        "llava", seed=4, num_hidden_layers=2
+    )  # too shallow for stage 2 at layer 2: stage 1 only
     inputs = tiny_inputs(model, [1], seed=4)
     seen = {}
 

@@ -15,7 +15,7 @@ from .reference import EPS
 
 # (BLOCK_N, BLOCK_M, BLOCK_D): GPU tiles; the interpreter pays per program, so it gets bigger ones
 GPU_BLOCKS = (64, 64, 32)
-INTERPRETER_BLOCKS = (128, 128, 128)
+INTERPRETER_BLOCKS = (256, 256, 128)
 # bf16 tiles go through the dot as fp32 (exact): the interpreter's tl.dot misreads bf16 (held as uint16)
 
 
