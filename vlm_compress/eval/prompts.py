@@ -35,12 +35,17 @@ def question_text(question: str, style: str) -> str:
 
 
 def build_prompt(question: str, style: str, *, model_type: str, processor: Any = None) -> str:
-    """The full text prompt (with the model's image placeholder) for one question about one image.
+    """The full text prompt (with the model's image placeholder) for one question about one image: the question,
+    the instruction of ``style``, wrapped by :func:`conversation`."""
+    return conversation(question_text(question, style), model_type=model_type, processor=processor)
+
+
+def conversation(text: str, *, model_type: str, processor: Any = None) -> str:
+    """``text`` as the user turn of a one-image conversation, ready for generation.
 
     Uses ``processor.apply_chat_template`` when the processor carries a chat template, else
     :data:`TEMPLATES` by ``model_type``; an unknown family without a chat template raises.
     """
-    text = question_text(question, style)
     if getattr(processor, "chat_template", None):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
         return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
