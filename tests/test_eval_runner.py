@@ -121,7 +121,7 @@ def write_pope_files(root: Path, per_kind: int = 3, kinds=("random", "popular"))
                     "question_id": question_id,
                     "image": image,
                     "text": f"Is there a {objects[(i + len(kind)) % 5]} in the image?",
-                    "label": "yes" if (i + question_id) % 2 else "no",
+                    "label": "yes" if i % 2 == 0 else "no",
                 }
                 file.write(json.dumps(row) + "\n")
                 question_id += 1
