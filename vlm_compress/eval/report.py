@@ -98,7 +98,8 @@ def write_csv(results: EvalResults, path: Path) -> None:
 
 
 def plot(results: EvalResults, path: Path) -> None:
-    """Headline metric against the mean number of visual tokens kept, one line per method."""
+    """Headline metric against the mean number of visual tokens kept, one line per method; beside it the same
+    relative to the uncompressed model when that was run (and scored above 0)."""
     try:
         import matplotlib
 
@@ -108,25 +109,33 @@ def plot(results: EvalResults, path: Path) -> None:
         raise ImportError(
             "the accuracy plot needs matplotlib: pip install matplotlib (or vlm_compress[eval])"
         ) from err
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
-    compressed = [row for row in results.rows if row.method != FULL]
-    for method in dict.fromkeys(row.method for row in compressed):
-        points = sorted((row.tokens_after, row.primary) for row in compressed if row.method == method)
-        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
     full = results.full
-    if full is not None:
-        axes.axhline(
-            full.primary,
-            color="black",
-            linestyle="--",
-            linewidth=1,
-            label=f"full ({full.tokens_after:.0f} tokens)",
-        )
-    axes.set_xlabel("visual tokens per image")
-    axes.set_ylabel(results.primary_metric)
-    axes.set_title(f"{results.task} ({results.model}, {results.num_samples} samples)")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    with_relative = full is not None and bool(full.primary)
+    figure, panels = plt.subplots(
+        1, 2 if with_relative else 1, figsize=(11 if with_relative else 6, 4), dpi=120, squeeze=False
+    )
+    compressed = [row for row in results.rows if row.method != FULL]
+    for panel, relative in zip(panels[0], (False, True)):
+        for method in dict.fromkeys(row.method for row in compressed):
+            points = sorted(
+                (row.tokens_after, 100 * row.relative if relative else row.primary)
+                for row in compressed
+                if row.method == method and (row.relative is not None or not relative)
+            )
+            panel.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        if full is not None:
+            panel.axhline(
+                100 if relative else full.primary,
+                color="black",
+                linestyle="--",
+                linewidth=1,
+                label=f"full ({full.tokens_after:.0f} tokens)",
+            )
+        panel.set_xlabel("visual tokens per image")
+        panel.set_ylabel(f"% of full {results.primary_metric}" if relative else results.primary_metric)
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize=8)
+    figure.suptitle(f"{results.task} ({results.model}, {results.num_samples} samples)")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
