@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -265,20 +264,26 @@ def test_vlmc_eval_rejects_bad_arguments(capsys):
 
 @pytest.mark.slow
 def test_two_processes_give_the_same_results_as_one(checkpoint, pope_dir, tmp_path):
-    """``accelerate launch --num_processes 2 --cpu -m vlm_compress.eval`` (gloo) equals one process."""
-    if shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None:
-        pytest.skip("the accelerate launcher is not installed beside this Python")
+    """Two processes in a gloo group (``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2``;
+    ``--cpu`` alone would start a single process) give exactly the predictions and scores of one process."""
+    launcher = Path(sys.executable).with_name("accelerate")
+    if not launcher.is_file():
+        pytest.skip(f"the accelerate launcher is not installed beside {sys.executable}")
     common = ["--task", "pope", "--data-dir", str(pope_dir), "--model", str(checkpoint),
               *shlex.split("--methods uniform --budgets 16 --batch-size 2 --max-new-tokens 3 --quiet --no-plot")]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    launcher = [os.path.join(os.path.dirname(sys.executable), "accelerate"),
-                *shlex.split("launch --num_processes 2 --cpu --num_machines 1 --mixed_precision no --dynamo_backend no"),
-                "-m", "vlm_compress.eval"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "ACCELERATE_USE_CPU": "1"}
+    launch = [str(launcher), *shlex.split("launch --multi_gpu --num_processes 2 --num_machines 1 "
+                                          "--mixed_precision no --dynamo_backend no -m vlm_compress.eval")]
     run = dict(env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    two = subprocess.run([*launcher, *common, "--output-dir", str(tmp_path / "two")], **run)
+    two = subprocess.run([*launch, *common, "--output-dir", str(tmp_path / "two")], **run)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, "-m", "vlm_compress.eval", *common, "--output-dir", str(tmp_path / "one")], **run)
+    assert "full: 3 batches dealt over 2 processes" in two.stderr, two.stderr[-3000:]
+    one_env = {k: v for k, v in env.items() if k != "ACCELERATE_USE_CPU"}
+    one = subprocess.run([sys.executable, "-m", "vlm_compress.eval", *common, "--output-dir", str(tmp_path / "one")],
+                         **{**run, "env": one_env})
     assert one.returncode == 0, one.stderr[-3000:]
+    assert "dealt over" not in one.stderr
     for name in ("full.jsonl", "uniform-16.jsonl"):
         rows = {p: read_cache(tmp_path / p / "predictions" / name) for p in ("one", "two")}
         assert rows["one"] == rows["two"] and len(rows["one"]) == 6

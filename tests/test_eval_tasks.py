@@ -265,3 +265,42 @@ def test_shapes_tasks_use_the_generator(monkeypatch):
     pope_samples = pope.load(limit=2)
     assert len(pope_samples) == 6 and pope_samples[0].id == "random-0"
     assert pope.score(pope_samples, {s.id: s.answer for s in pope_samples})["f1"] == 1.0
+
+
+def _hub_rows(task_name: str) -> list[dict]:
+    """Rows shaped like the lmms-lab copies on the dataset hub (column names as published)."""
+    image = Image.new("RGB", (8, 8))
+    return {
+        "pope": [{"question_id": "1", "question": "Is there a dog in the image?", "answer": "yes", "image": image,
+                  "category": kind} for kind in ("random", "popular", "random")],
+        "textvqa": [{"question_id": 7, "question": "what brand?", "answers": ["nokia"] * 10, "image": image}],
+        "vqav2": [{"question_id": 9, "question": "How many?", "answer_type": "number", "image": image,
+                   "answers": [{"answer": "2", "answer_id": i} for i in range(10)]}],
+        "scienceqa-img": [{"question": "Which is a mammal?", "choices": ["trout", "otter"], "answer": 1,
+                           "hint": "", "image": image, "subject": "natural science"}],
+        "mme": [{"question_id": "code_reasoning/0020.png", "category": "code_reasoning", "question": q,
+                 "answer": a, "image": image} for q, a in (("Print 3? Please answer yes or no.", "Yes"),
+                                                           ("Print 4? Please answer yes or no.", "No"))],
+        "mmbench": [{"index": 3, "question": "Which?", "hint": None, "A": "x", "B": "y", "C": None, "D": None,
+                     "answer": "B", "category": "c", "image": image}],
+    }[task_name]
+
+
+@pytest.mark.parametrize("task_name", ["pope", "textvqa", "vqav2", "scienceqa-img", "mme", "mmbench"])
+def test_hub_rows_become_samples(task_name, monkeypatch):
+    task = get_task(task_name)
+    monkeypatch.setattr(type(task), "hub_rows", lambda self, source: _hub_rows(task_name))
+    samples = task.load(limit=1)
+    assert samples and all(s.load_image().size == (8, 8) for s in samples)
+    perfect = task.score(samples, {s.id: s.answer if isinstance(s.answer, str) else s.answer[0] for s in samples})
+    assert perfect[task.primary_metric] == (200.0 if task_name == "mme" else 1.0)
+    if task_name == "pope":
+        assert [s.id for s in samples] == ["random-1", "popular-1"]  # limit 1 per kind
+    if task_name == "mmbench":
+        assert [s.answer for s in samples] == ["B", "A"]  # two options -> two rotations
+
+
+def test_hub_loading_without_datasets_points_to_data_dir(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(ImportError, match="pip install datasets`; or pass --data-dir"):
+        get_task("textvqa").load()

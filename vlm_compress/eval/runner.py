@@ -85,11 +85,13 @@ class EvalResults:
 def _distributed_state() -> Any:
     try:
         from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
     except ImportError as err:
         raise ImportError(
             "vlmc eval needs accelerate: pip install accelerate (or vlm_compress[eval])"
         ) from err
-    return PartialState()
+    # PartialState forms a CPU (gloo) process group only when told so; accelerate's own flag for it is this variable
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def read_cache(path: Path) -> dict[str, dict[str, Any]]:
@@ -214,6 +216,8 @@ def predict(
     pending = [s for s in samples if s.id not in cached]
     batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
     mine = batches[state.process_index :: state.num_processes]
+    if state.num_processes > 1 and state.is_main_process:
+        logger.info("%s: %d batches dealt over %d processes", setting.key, len(batches), state.num_processes)
     part = cache.with_name(f"{cache.stem}.part{state.process_index}.jsonl") if cache is not None else None
     rows: list[dict[str, Any]] = []
     bar = tqdm(
