@@ -79,9 +79,11 @@ metric_list:
 """
 
 
-def test_lmms_eval_runs_vlmc_llava_on_a_local_task(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_lmms_eval_runs_vlmc_llava_on_a_local_task(tmp_path, processes):
+    """One process, and two in a CPU gloo group under ``accelerate launch`` (lmms-eval shards the requests)."""
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny-llava")
-    pope = write_pope_files(tmp_path / "pope", per_kind=3, kinds=("random",))
+    pope = write_pope_files(tmp_path / "pope", per_kind=2, kinds=("random",))
     task_dir = tmp_path / "task"
     task_dir.mkdir()
     with (task_dir / "docs.jsonl").open("w") as docs:
@@ -93,13 +95,24 @@ def test_lmms_eval_runs_vlmc_llava_on_a_local_task(tmp_path):
     (task_dir / "vlmc_tiny_pope.yaml").write_text(TASK_YAML.format(docs=task_dir / "docs.jsonl"))
     env = {**os.environ, "PYTHONPATH": str(REPO), "LMMS_EVAL_PLUGINS": "vlm_compress.eval", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [LMMS_PYTHON, "-m", "lmms_eval", "--model", "vlmc_llava",
-               "--model_args", f"pretrained={checkpoint},method=uniform,budget=16",
+    if processes == 1:
+        launch = [LMMS_PYTHON, "-m", "lmms_eval"]
+    else:
+        launcher = Path(LMMS_PYTHON).with_name("accelerate")
+        if not launcher.is_file():
+            pytest.skip(f"the accelerate launcher is not installed beside {LMMS_PYTHON}")
+        env["ACCELERATE_USE_CPU"] = "1"
+        launch = [str(launcher), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+                  "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmms_eval"]
+    command = [*launch, "--model", "vlmc_llava", "--model_args", f"pretrained={checkpoint},method=uniform,budget=16",
                "--tasks", "vlmc_tiny_pope", "--include_path", str(task_dir), "--batch_size", "2",
                "--output_path", str(tmp_path / "out")]
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
-    assert "vlmc_llava uniform: 48 of 432 visual tokens kept (11.1%)" in log, log[-4000:]
+    # 2 questions of 144 visual tokens each, 16 kept per image; with 2 processes each answers one
+    kept = "32 of 288" if processes == 1 else "16 of 144"
+    assert log.count(f"vlmc_llava uniform: {kept} visual tokens kept (11.1%)") == processes, log[-4000:]
     results = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("*results*.json")]
     assert results and "exact_match,none" in results[0]["results"]["vlmc_tiny_pope"]
+    assert results[0]["n-samples"]["vlmc_tiny_pope"]["effective"] == 2

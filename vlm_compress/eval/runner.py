@@ -163,7 +163,11 @@ def generate_batch(
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    image_tokens = (inputs["input_ids"] == model.config.image_token_id).sum(dim=1).tolist()
+    config = model.config
+    image_token_id = getattr(config, "image_token_id", None)
+    if image_token_id is None:  # older LLaVA-family configs
+        image_token_id = config.image_token_index
+    image_tokens = (inputs["input_ids"] == image_token_id).sum(dim=1).tolist()
     generation = dict(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id
     )
