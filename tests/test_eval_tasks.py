@@ -304,3 +304,29 @@ def test_hub_loading_without_datasets_points_to_data_dir(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(ImportError, match="pip install datasets`; or pass --data-dir"):
         get_task("textvqa").load()
+
+
+def test_export_as_lmms_eval_task_scores_like_the_task(tmp_path):
+    from tests.test_eval_runner import write_pope_files
+    from vlm_compress.eval.lmms_export import (
+        aggregate,
+        doc_to_text,
+        doc_to_visual,
+        export_lmms_task,
+        process_results,
+    )
+
+    write_pope_files(tmp_path / "pope", per_kind=2, kinds=("random", "popular"))
+    task = get_task("pope")
+    samples = task.load(tmp_path / "pope")
+    yaml_path = export_lmms_task(task, samples, tmp_path / "lmms")
+    assert yaml_path.name == "vlmc_pope.yaml" and "metric: f1" in yaml_path.read_text()
+    assert "from vlm_compress.eval.lmms_export import" in (tmp_path / "lmms" / "utils.py").read_text()
+    docs = [json.loads(line) for line in (tmp_path / "lmms" / "docs.jsonl").read_text().splitlines()]
+    assert doc_to_text(docs[0]).endswith("\nAnswer the question using a single word or phrase.")
+    assert doc_to_visual(docs[0])[0].mode == "RGB"
+    answers = ["Yes" if doc["answer"] == '"yes"' else "No" for doc in docs]
+    items = [process_results(doc, [answer])["f1"] for doc, answer in zip(docs, answers)]
+    assert aggregate(items + items[:1]) == 1.0  # a doc repeated to even out processes counts once
+    always_yes = [process_results(doc, ["yes"])["f1"] for doc in docs]
+    assert aggregate(always_yes) == task.score(samples, {s.id: "yes" for s in samples})["f1"]

@@ -48,7 +48,9 @@ def parse_method_args(items: Sequence[str]) -> dict[str, dict[str, Any]]:
         name, equals, raw = item.partition("=")
         method, dot, key = name.partition(".")
         if not (equals and dot and method and key):
-            raise argparse.ArgumentTypeError(f"--method-arg {item!r}: expected METHOD.NAME=VALUE, e.g. tome.layer=2")
+            raise argparse.ArgumentTypeError(
+                f"--method-arg {item!r}: expected METHOD.NAME=VALUE, e.g. tome.layer=2"
+            )
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -58,7 +60,9 @@ def parse_method_args(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--task", default="shapes-vqa", help="task name (see --list-tasks); default shapes-vqa")
+    parser.add_argument(
+        "--task", default="shapes-vqa", help="task name (see --list-tasks); default shapes-vqa"
+    )
     parser.add_argument("--list-tasks", action="store_true", help="print the tasks and exit")
     parser.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
     parser.add_argument(
@@ -68,7 +72,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help="'shapes' (the embedded model, default) or a checkpoint path / id"
+        "--model",
+        default=DEFAULT_MODEL,
+        help="'shapes' (the embedded model, default) or a checkpoint path / id",
     )
     parser.add_argument("--data-dir", default=None, help="folder with the benchmark's official files")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per generate call (default 8)")
@@ -84,8 +90,16 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-full", action="store_true", help="skip the uncompressed reference run")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
-    parser.add_argument("--overwrite", action="store_true", help="discard cached predictions of this output dir")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="discard cached predictions of this output dir"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--export-lmms-eval",
+        metavar="DIR",
+        default=None,
+        help="write the task's samples as an lmms-eval task folder (same scoring) and exit",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -133,7 +147,9 @@ def _settings(args: argparse.Namespace) -> list:
     methods = list_methods() if args.methods == "all" else _comma_list(args.methods)
     unknown = [m for m in methods if m not in list_methods() and m != FULL]
     if unknown:
-        raise SystemExit(f"vlmc eval: unknown method(s) {', '.join(unknown)}; valid: {', '.join(list_methods())}")
+        raise SystemExit(
+            f"vlmc eval: unknown method(s) {', '.join(unknown)}; valid: {', '.join(list_methods())}"
+        )
     try:
         budgets = [parse_budget(b) for b in _comma_list(args.budgets)]
     except argparse.ArgumentTypeError as err:
@@ -155,7 +171,9 @@ def _check_run_identity(output_dir: Path, identity: dict[str, Any], overwrite: b
     elif path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
         if previous != identity:
-            changed = sorted(k for k in identity.keys() | previous.keys() if identity.get(k) != previous.get(k))
+            changed = sorted(
+                k for k in identity.keys() | previous.keys() if identity.get(k) != previous.get(k)
+            )
             raise SystemExit(
                 f"vlmc eval: {output_dir} holds predictions of another run (differs in {', '.join(changed)}); "
                 "pass another --output-dir, or --overwrite to discard them"
@@ -175,6 +193,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     task = get_task(args.task)
+    if args.export_lmms_eval:
+        from .lmms_export import export_lmms_task, lmms_task_name
+
+        path = export_lmms_task(task, task.load(args.data_dir, args.limit), args.export_lmms_eval)
+        print(
+            f"wrote {path}; run: lmms_eval --include_path {path.parent} --tasks {lmms_task_name(task)} "
+            "--model vlmc_llava --model_args pretrained=PATH,method=METHOD,budget=N"
+        )
+        return 0
     settings = _settings(args)
     method_kwargs = parse_method_args(args.method_arg)
     state = _distributed_state()
