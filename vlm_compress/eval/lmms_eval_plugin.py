@@ -5,8 +5,9 @@
 ``model_args``: ``pretrained`` (a checkpoint folder or hub id; ``shapes`` for the embedded model), ``method``
 (a registered method, or ``none`` for the uncompressed model), ``budget`` (tokens per image, or a fraction in
 (0, 1]), ``dtype`` (default ``float32``), ``batch_size``; any other argument is passed to the method as a
-hyper-parameter. lmms-eval finds the class through the ``lmms_eval.models`` entry point (:func:`manifests`) or,
-without installing vlm_compress, through ``LMMS_EVAL_PLUGINS=vlm_compress.eval`` (:mod:`vlm_compress.eval.models`).
+hyper-parameter. lmms-eval finds the class through the ``lmms_eval.models`` entry point
+(:func:`vlm_compress.eval.models.manifests`) or, without installing vlm_compress, through
+``LMMS_EVAL_PLUGINS=vlm_compress.eval`` (:mod:`vlm_compress.eval.models`).
 Under ``accelerate launch -m lmms_eval`` every process loads one model on its own device and lmms-eval shards
 the requests.
 """
@@ -159,9 +160,3 @@ def _cut(text: str, until: Sequence[str]) -> str:
             text = text.split(stop)[0]
     return text
 
-
-def manifests() -> Any:
-    """Payload of the ``lmms_eval.models`` entry point: the manifest that makes ``--model vlmc_llava`` work."""
-    from lmms_eval.models.registry_v2 import ModelManifest
-
-    return [ModelManifest(model_id=MODEL_NAME, simple_class_path=f"{__name__}.VlmcLlava")]
