@@ -330,3 +330,30 @@ def test_export_as_lmms_eval_task_scores_like_the_task(tmp_path):
     assert aggregate(items + items[:1]) == 1.0  # a doc repeated to even out processes counts once
     always_yes = [process_results(doc, ["yes"])["f1"] for doc in docs]
     assert aggregate(always_yes) == task.score(samples, {s.id: "yes" for s in samples})["f1"]
+
+
+def test_prompts_per_model_family():
+    from vlm_compress.eval.prompts import build_prompt
+
+    assert build_prompt("Is there a dog?", "yes_no", model_type="llava") == (
+        "USER: <image>\nIs there a dog?\nAnswer the question using a single word or phrase. ASSISTANT:"
+    )
+    qwen = build_prompt("Which?\nA. x\nB. y", "multiple_choice", model_type="qwen2_vl")
+    assert "<|vision_start|><|image_pad|><|vision_end|>Which?" in qwen
+    assert qwen.endswith("Answer with the option's letter from the given choices directly.<|im_end|>\n"
+                         "<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match="known families: llava"):
+        build_prompt("Q", "short", model_type="blip")
+    with pytest.raises(ValueError, match="valid styles"):
+        build_prompt("Q", "essay", model_type="llava")
+
+    class ChatProcessor:  # a processor with its own chat template wins over the family format
+        chat_template = "{{ messages }}"
+
+        def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+            assert add_generation_prompt and not tokenize
+            return f"<chat>{messages[0]['content'][1]['text']}</chat>"
+
+    assert build_prompt("Q", "short", model_type="blip", processor=ChatProcessor()) == (
+        "<chat>Q\nAnswer the question using a single word or phrase.</chat>"
+    )
