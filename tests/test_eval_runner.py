@@ -253,6 +253,11 @@ def test_vlmc_eval_command(checkpoint, pope_dir, tmp_path, capsys):
     # another model into the same output folder is refused instead of mixing cached predictions
     with pytest.raises(SystemExit, match="differs in model"):
         vlmc_main([*argv[:6], "other-model", *argv[7:]])
+    # a budget the model cannot meet stops with the setting named, not a traceback
+    too_big = [*argv[:8], str(tmp_path / "big"), "--methods", "uniform", "--budgets", "500", "--limit", "1",
+              "--no-full", "--quiet"]
+    with pytest.raises(SystemExit, match="setting uniform-500: budget 500 is larger than the image's 144"):
+        vlmc_main(too_big)
 
 
 def test_vlmc_eval_rejects_bad_arguments(capsys):

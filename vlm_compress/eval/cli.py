@@ -220,19 +220,24 @@ def run(args: argparse.Namespace) -> int:
     samples = task.load(args.data_dir, args.limit)
     model, processor = load_model(args.model, args.dtype)
     model.to(state.device)
-    results = evaluate(
-        model,
-        processor,
-        task,
-        samples,
-        settings,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        cache_dir=output_dir / "predictions",
-        method_kwargs=method_kwargs,
-        model_name=Path(args.model).name or args.model,
-        progress=not args.quiet,
-    )
+    from ..errors import VlmcError
+
+    try:
+        results = evaluate(
+            model,
+            processor,
+            task,
+            samples,
+            settings,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            cache_dir=output_dir / "predictions",
+            method_kwargs=method_kwargs,
+            model_name=Path(args.model).name or args.model,
+            progress=not args.quiet,
+        )
+    except VlmcError as err:
+        raise SystemExit(f"vlmc eval: {err}") from err
     if state.is_main_process:
         paths = write_reports(results, output_dir, with_plot=not args.no_plot)
         print(paths["markdown"].read_text(encoding="utf-8"))

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..errors import VlmcError
 from .prompts import build_prompt
 from .tasks.base import EvalSample, Task
 
@@ -311,18 +312,21 @@ def evaluate(
         task=task.name, model=model_name, primary_metric=task.primary_metric, num_samples=len(samples)
     )
     for setting in settings:
-        rows = predict(
-            model,
-            processor,
-            task,
-            samples,
-            setting,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            cache_path=Path(cache_dir) / f"{setting.key}.jsonl" if cache_dir is not None else None,
-            method_kwargs=(method_kwargs or {}).get(setting.method),
-            progress=progress,
-        )
+        try:
+            rows = predict(
+                model,
+                processor,
+                task,
+                samples,
+                setting,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                cache_path=Path(cache_dir) / f"{setting.key}.jsonl" if cache_dir is not None else None,
+                method_kwargs=(method_kwargs or {}).get(setting.method),
+                progress=progress,
+            )
+        except VlmcError as err:  # say which setting of the sweep failed; finished settings stay cached
+            raise type(err)(f"setting {setting.key}: {err}") from err
         results.rows.append(score_setting(task, samples, setting, rows))
         logger.info("%s %s: %s = %.4f", task.name, setting.key, task.primary_metric, results.rows[-1].primary)
     full = results.full
