@@ -101,3 +101,54 @@ def tiny_inputs(
         mask[b, span] = 1
     pixel_values = torch.randn(sum(images_per_row), 3, image_size, image_size, generator=generator)
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values}
+
+
+#: a LLaVA-1.5 style chat template: "USER: <image> question ASSISTANT:"
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image> "
+    "{% else %}{{ part['text'] }} {% endif %}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def word_tokenizer(words: list[str]):
+    """A word-level ``PreTrainedTokenizerFast`` for the tiny models: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3,
+    the words from 4 on, ``<image>`` = the tiny models' image token id."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for word in words:
+        if len(vocab) >= TINY_IMAGE_TOKEN_ID:
+            raise ValueError(f"word_tokenizer: at most {TINY_IMAGE_TOKEN_ID - 4} words fit the tiny vocabulary")
+        vocab.setdefault(word, len(vocab))
+    vocab["<image>"] = TINY_IMAGE_TOKEN_ID
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<image>"],
+    )
+
+
+def tiny_processor(model, words: list[str] | None = None):
+    """A real ``LlavaProcessor`` matching :func:`build_tiny`'s LLaVA (word-level tokenizer, CLIP image
+    processor, LLaVA-1.5 chat template), so examples run the same processor code paths as a checkpoint."""
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+
+    vision = model.config.vision_config
+    side = vision.image_size
+    words = words or "USER: ASSISTANT: what is in the image ? describe it".split()
+    return LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
+        tokenizer=word_tokenizer(["USER:", "ASSISTANT:", *words]),
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
