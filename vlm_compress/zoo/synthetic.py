@@ -33,36 +33,46 @@ def _tiny_text_config(**overrides: Any):
     return LlamaConfig(**params)
 
 
+def _tiny_clip_vision(**overrides: Any):
+    from transformers import CLIPVisionConfig
+
+    params = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=96, patch_size=8
+    )
+    params.update(overrides)
+    return CLIPVisionConfig(**params)
+
+
+def _build_llava(attn_implementation: str, **overrides: Any):
+    """CLIP tower 96x96 px with 8-px patches (12x12 = 144 visual tokens), 3-layer Llama."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    config = LlavaConfig(
+        vision_config=_tiny_clip_vision(),
+        text_config=_tiny_text_config(**overrides),
+        image_token_id=TINY_IMAGE_TOKEN_ID,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    config._attn_implementation = attn_implementation
+    return LlavaForConditionalGeneration(config)
+
+
+#: model_type -> builder(attn_implementation, **text_config_overrides); each adapter adds its tiny model here
+BUILDERS: dict[str, Any] = {"llava": _build_llava}
+
+
 def build_tiny(
     model_type: str = "llava", *, seed: int = 0, attn_implementation: str = "sdpa", **overrides: Any
 ):
-    """A tiny random-weight model of ``model_type`` in eval mode (fp32, CPU).
+    """A tiny random-weight model of ``model_type`` in eval mode (fp32, CPU); see the ``_build_*`` builders.
 
-    ``llava``: CLIP tower 96x96 px with 8-px patches (12x12 = 144 visual tokens), 3-layer Llama.
+    ``overrides`` go to the language model's config (e.g. ``num_hidden_layers=6``).
     """
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
-
+    if model_type not in BUILDERS:
+        raise ValueError(f"no tiny builder for model_type {model_type!r}; available: {', '.join(BUILDERS)}")
     torch.manual_seed(seed)
-    if model_type == "llava":
-        vision = CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=96,
-            patch_size=8,
-        )
-        config = LlavaConfig(
-            vision_config=vision,
-            text_config=_tiny_text_config(**overrides),
-            image_token_id=TINY_IMAGE_TOKEN_ID,
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
-        )
-        config._attn_implementation = attn_implementation
-        model = LlavaForConditionalGeneration(config)
-    else:
-        raise ValueError(f"no tiny builder for model_type {model_type!r}; available: llava")
+    model = BUILDERS[model_type](attn_implementation, **overrides)
     model.generation_config.pad_token_id = 0
     return model.eval()
 
