@@ -77,7 +77,7 @@ def build_tiny(
     return model.eval()
 
 
-def tiny_inputs(
+def _inputs_llava(
     model,
     images_per_row: list[int],
     *,
@@ -85,9 +85,8 @@ def tiny_inputs(
     padding_side: str = "left",
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Hand-built inputs of the exact shapes a LLaVA processor produces: each row ``BOS, text, <image> x N per
-    image, text``, padded with id 0 on ``padding_side``. Returns ``input_ids``, ``attention_mask``,
-    ``pixel_values`` (one image per ``<image>``)."""
+    """Each row ``BOS, text, <image> x N per image, text``, padded with id 0 on ``padding_side``; one
+    ``pixel_values`` image per ``<image>``."""
     generator = torch.Generator().manual_seed(seed)
     config = model.config
     image_size = config.vision_config.image_size
@@ -112,6 +111,28 @@ def tiny_inputs(
     pixel_values = torch.randn(sum(images_per_row), 3, image_size, image_size, generator=generator)
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values}
 
+
+#: model_type -> input builder with :func:`tiny_inputs`' signature
+INPUTS: dict[str, Any] = {"llava": _inputs_llava}
+
+
+def tiny_inputs(
+    model,
+    images_per_row: list[int],
+    *,
+    text_lengths: list[int] | None = None,
+    padding_side: str = "left",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Hand-built inputs of the exact shapes the model's processor produces, for a :func:`build_tiny` model:
+    ``images_per_row[b]`` images in prompt ``b`` (0 = text only), padded with id 0 on ``padding_side``.
+    Returns ``input_ids``, ``attention_mask`` and the model's image inputs."""
+    model_type = model.config.model_type
+    if model_type not in INPUTS:
+        raise ValueError(f"no tiny inputs for model_type {model_type!r}; available: {', '.join(INPUTS)}")
+    return INPUTS[model_type](
+        model, images_per_row, text_lengths=text_lengths, padding_side=padding_side, seed=seed
+    )
 
 #: a LLaVA-1.5 style chat template: "USER: <image> question ASSISTANT:"
 TINY_CHAT_TEMPLATE = (
