@@ -26,6 +26,8 @@ _METHODS: dict[str, str] = {
 # model_type -> "module:Class"
 _ADAPTERS: dict[str, str] = {
     "llava": "vlm_compress.adapters.llava:LlavaAdapter",
+    "qwen2_vl": "vlm_compress.adapters.qwen2_vl:Qwen2VLAdapter",
+    "qwen2_5_vl": "vlm_compress.adapters.qwen2_vl:Qwen2VLAdapter",
 }
 
 
