@@ -18,6 +18,7 @@ _METHODS: dict[str, str] = {
     "pool": "vlm_compress.methods.pool:Pool",
     "cls_attention": "vlm_compress.methods.cls_attention:ClsAttention",
     "tome": "vlm_compress.methods.tome:ToMe",
+    "tap": "vlm_compress.methods.tap:TAP",
 }
 
 # model_type -> "module:Class"
