@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import vlm_compress as vlmc
-from vlm_compress.adapters.vit_tap import finetune_tap, insert_tap
+from vlm_compress.adapters.vit_tap import finetune_tap, insert_tap, recorded_scale_weights
 from vlm_compress.context import VisualContext, _LazySignals
 from vlm_compress.errors import AlreadyPatchedError, MissingSignalError
 from vlm_compress.functional import dilated_avg_pool
@@ -141,6 +141,7 @@ def test_regions_are_finest_where_tokens_ask_for_it():
 
 # -- the `tap` compressor -------------------------------------------------------------------------------
 def context(features, grid, **signals):
+    signals.setdefault("vision_features", features)
     return VisualContext(features=features, grid=grid, signals=_LazySignals({k: lambda v=v: v for k, v in signals.items()}))
 
 
@@ -182,7 +183,7 @@ def test_compressor_uses_trained_tap_scale_weights():
 
 
 def test_compressor_without_grid_pools_runs_of_tokens():
-    selection = vlmc.get_method("tap", budget=5).select(context(torch.randn(17, 4), None))
+    selection = vlmc.get_method("tap", budget=5, metric="projected").select(context(torch.randn(17, 4), None))
     selection.validate(17, 4, method="tap")
     assert torch.all(torch.diff(selection.groups) >= 0)
 
@@ -190,7 +191,7 @@ def test_compressor_without_grid_pools_runs_of_tokens():
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"num_scales": 1}, "num_scales"), ({"threshold": 2.0}, "threshold"), ({"temperature": 0}, "temperature"),
-     ({"scale_source": "cls"}, "scale_source")],
+     ({"scale_source": "cls"}, "scale_source"), ({"metric": "keys"}, "metric")],
 )
 def test_compressor_rejects_bad_hyperparameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -215,10 +216,12 @@ def test_identity_tap_leaves_the_tower_unchanged_and_undo_is_exact(llava_with_im
         assert len(handle.modules) == 2 and handle.layout.family == "hf"
         assert torch.equal(tower_output(model, images), reference)
         assert handle.scale_weights().shape == (2, 144, 4)
+        torch.testing.assert_close(recorded_scale_weights(model.model.vision_tower), handle.scale_weights())
         with pytest.raises(AlreadyPatchedError):
             insert_tap(model)
     assert hook_state(model) == hooks and set(model.state_dict()) == keys
     assert torch.equal(tower_output(model, images), reference)
+    assert recorded_scale_weights(model.model.vision_tower) is None
 
 
 def test_paper_init_changes_the_tower(llava_with_images):

@@ -293,3 +293,18 @@ def finetune_tap(
             module.training = mode
         optimizer.zero_grad(set_to_none=True)
     return history
+
+
+def recorded_scale_weights(vision_tower: nn.Module) -> torch.Tensor | None:
+    """``[I, P, K]`` scale weights of the tower's last forward, averaged over its TAP modules (``P`` patch
+    tokens per image); ``None`` when the tower carries no TAP module that has run. For adapters: the ``tap``
+    compressor reads row ``i`` as the ``tap_scale_weights`` signal of image ``i``."""
+    recorded = [
+        m.last_scale_weights
+        for m in vision_tower.modules()
+        if isinstance(m, TokenAwareAvgPool) and m.last_scale_weights is not None
+    ]
+    if not recorded or any(r.shape != recorded[0].shape for r in recorded):
+        return None
+    mean = torch.stack(recorded).mean(dim=0)
+    return mean.reshape(mean.shape[0], -1, mean.shape[-1])

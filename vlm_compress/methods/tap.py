@@ -32,19 +32,23 @@ class TAP(Method):
     are ``budget`` rectangles; each becomes the mean of its tokens, placed at its central token's position.
     The weights come from the vision tower's trained TAP modules when the adapter provides them
     (``scale_source="tap"``, signal ``tap_scale_weights``), else from how similar each token is to its dilated
-    neighbourhoods: dilation d is accepted with probability ``sigmoid((cos_d - threshold) / temperature)``.
+    neighbourhoods: dilation d is accepted with probability ``sigmoid((cos_d - threshold) / temperature)``,
+    measured on the vision encoder's features (``metric="vision"``, where a ViT's TAP modules work; 1024-d
+    rather than 4096-d for LLaVA-1.5) or on the projected tokens (``metric="projected"``).
 
     Attributes:
         num_scales: dilations 0..K-1 considered (the paper's K = 4), >= 2.
         threshold: cosine similarity in [-1, 1] at which a neighbourhood counts as homogeneous.
         temperature: softness (> 0) of that decision.
         scale_source: ``"auto"`` (TAP modules when present, else similarity), ``"similarity"`` or ``"tap"``.
+        metric: features the similarity is measured on, ``"vision"`` or ``"projected"``.
     """
 
     num_scales: int = 4
     threshold: float = 0.9
     temperature: float = 0.05
     scale_source: str = "auto"
+    metric: str = "vision"
 
     name: ClassVar[str] = "tap"
     description: ClassVar[str] = "token-aware average pooling into budget regions, finest where detail is"
@@ -60,6 +64,8 @@ class TAP(Method):
             raise ValueError(f"tap: temperature must be > 0, got {self.temperature}")
         if self.scale_source not in SCALE_SOURCES:
             raise ValueError(f"tap: scale_source must be one of {SCALE_SOURCES}, got {self.scale_source!r}")
+        if self.metric not in ("vision", "projected"):
+            raise ValueError(f"tap: metric must be 'vision' or 'projected', got {self.metric!r}")
 
     def scale_weights(self, ctx: VisualContext, grid: tuple[int, int]) -> tuple[torch.Tensor, str]:
         """``[N, K]`` weights over the dilations of every token, and where they came from."""
@@ -70,7 +76,8 @@ class TAP(Method):
                     f"tap: the TAP modules weigh {weights.shape[0]} tokens but the image has {ctx.num_tokens}"
                 )
             return weights.float(), "tap"
-        similarity = neighbourhood_similarity(ctx.features, grid, self.num_scales)
+        metric = ctx.vision_features if self.metric == "vision" else ctx.features
+        similarity = neighbourhood_similarity(metric, grid, self.num_scales)
         return acceptance_scale_weights(similarity, self.threshold, self.temperature), "similarity"
 
     def select(self, ctx: VisualContext) -> Selection:
