@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,14 +34,9 @@ def dilated_avg_pool(x: torch.Tensor, dilation: int) -> torch.Tensor:
         raise ValueError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
     if dilation == 0:
         return x
-    height, width = x.shape[-2:]
-    padded = F.pad(x, (dilation, dilation, dilation, dilation))
-    # nine shifted views instead of a depthwise conv: ~50x faster on CPU for wide features (4096 channels)
-    window_sum = sum(
-        padded[..., i * dilation : i * dilation + height, j * dilation : j * dilation + width]
-        for i in range(3)
-        for j in range(3)
-    )
+    channels = x.shape[1]
+    kernel = torch.ones(channels, 1, 3, 3, dtype=x.dtype, device=x.device)
+    window_sum = F.conv2d(x, kernel, padding=dilation, dilation=dilation, groups=channels)
     return window_sum / 9
 
 
@@ -58,12 +54,14 @@ def neighbourhood_similarity(
         raise ValueError(f"features must be [{height * width}, D] for a {height}x{width} grid, got {tuple(features.shape)}")
     if num_scales < 1:
         raise ValueError(f"num_scales must be >= 1, got {num_scales}")
-    tokens = features.float()
-    image = tokens.T.reshape(1, -1, height, width)
+    # channels-first and contiguous throughout: the depthwise conv and the reductions are ~5x slower on views
+    channels = features.float().T.contiguous()
+    unit = channels / channels.norm(dim=0).clamp_min(1e-8)
+    image = channels.reshape(1, -1, height, width)
     columns = []
     for dilation in range(num_scales):
-        pooled = dilated_avg_pool(image, dilation).reshape(tokens.shape[1], -1).T
-        columns.append(F.cosine_similarity(tokens, pooled, dim=1))
+        pooled = dilated_avg_pool(image, dilation).reshape(channels.shape)
+        columns.append((unit * pooled).sum(dim=0) / pooled.norm(dim=0).clamp_min(1e-8))
     return torch.stack(columns, dim=1)
 
 
@@ -90,7 +88,7 @@ def preferred_dilation(scale_weights: torch.Tensor) -> torch.Tensor:
     return scale_weights.float() @ dilations
 
 
-def region_heterogeneity(radius: torch.Tensor, region: tuple[int, int, int, int]) -> float:
+def region_heterogeneity(radius: torch.Tensor | np.ndarray, region: tuple[int, int, int, int]) -> float:
     """How much coarser a region is than its tokens ask for: ``sum_i max(0, rho - r_i)``.
 
     ``radius: [H, W]`` preferred dilation of every token; ``region = (row_start, row_end, col_start,
@@ -99,7 +97,7 @@ def region_heterogeneity(radius: torch.Tensor, region: tuple[int, int, int, int]
     """
     r0, r1, c0, c1 = region
     rho = (max(r1 - r0, c1 - c0) - 1) / 2
-    return float((rho - radius[r0:r1, c0:c1]).clamp_min(0).sum())
+    return float(np.clip(rho - np.asarray(radius[r0:r1, c0:c1]), 0, None).sum())
 
 
 def split_regions(radius: torch.Tensor, grid: tuple[int, int], k: int) -> torch.Tensor:
@@ -115,7 +113,7 @@ def split_regions(radius: torch.Tensor, grid: tuple[int, int], k: int) -> torch.
         raise ValueError(f"k must lie in 1..{height * width} for a {height}x{width} grid, got {k}")
     if radius.numel() != height * width:
         raise ValueError(f"radius has {radius.numel()} values but the grid holds {height * width} tokens")
-    radius = radius.detach().float().reshape(height, width).cpu()
+    radius = radius.detach().float().reshape(height, width).cpu().numpy()  # numpy: fast small slices
 
     def entry(region: tuple[int, int, int, int]) -> tuple[float, int, int, int, tuple[int, int, int, int]]:
         area = (region[1] - region[0]) * (region[3] - region[2])
