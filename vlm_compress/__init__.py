@@ -12,7 +12,7 @@ import importlib
 from typing import Any
 
 from . import functional, methods
-from .context import TokenRegion, VisualContext
+from .context import LayerContext, TokenRegion, VisualContext
 from .errors import (
     AlreadyPatchedError,
     BudgetError,
@@ -36,6 +36,7 @@ __all__ = [
     "CompressionHandle",
     "InputMismatchError",
     "InvalidFeaturesError",
+    "LayerContext",
     "Method",
     "MissingSignalError",
     "Report",

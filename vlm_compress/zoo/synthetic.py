@@ -33,41 +33,51 @@ def _tiny_text_config(**overrides: Any):
     return LlamaConfig(**params)
 
 
+def _tiny_clip_vision(**overrides: Any):
+    from transformers import CLIPVisionConfig
+
+    params = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=96, patch_size=8
+    )
+    params.update(overrides)
+    return CLIPVisionConfig(**params)
+
+
+def _build_llava(attn_implementation: str, **overrides: Any):
+    """CLIP tower 96x96 px with 8-px patches (12x12 = 144 visual tokens), 3-layer Llama."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    config = LlavaConfig(
+        vision_config=_tiny_clip_vision(),
+        text_config=_tiny_text_config(**overrides),
+        image_token_id=TINY_IMAGE_TOKEN_ID,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    config._attn_implementation = attn_implementation
+    return LlavaForConditionalGeneration(config)
+
+
+#: model_type -> builder(attn_implementation, **text_config_overrides); each adapter adds its tiny model here
+BUILDERS: dict[str, Any] = {"llava": _build_llava}
+
+
 def build_tiny(
     model_type: str = "llava", *, seed: int = 0, attn_implementation: str = "sdpa", **overrides: Any
 ):
-    """A tiny random-weight model of ``model_type`` in eval mode (fp32, CPU).
+    """A tiny random-weight model of ``model_type`` in eval mode (fp32, CPU); see the ``_build_*`` builders.
 
-    ``llava``: CLIP tower 96x96 px with 8-px patches (12x12 = 144 visual tokens), 3-layer Llama.
+    ``overrides`` go to the language model's config (e.g. ``num_hidden_layers=6``).
     """
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
-
+    if model_type not in BUILDERS:
+        raise ValueError(f"no tiny builder for model_type {model_type!r}; available: {', '.join(BUILDERS)}")
     torch.manual_seed(seed)
-    if model_type == "llava":
-        vision = CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=96,
-            patch_size=8,
-        )
-        config = LlavaConfig(
-            vision_config=vision,
-            text_config=_tiny_text_config(**overrides),
-            image_token_id=TINY_IMAGE_TOKEN_ID,
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
-        )
-        config._attn_implementation = attn_implementation
-        model = LlavaForConditionalGeneration(config)
-    else:
-        raise ValueError(f"no tiny builder for model_type {model_type!r}; available: llava")
+    model = BUILDERS[model_type](attn_implementation, **overrides)
     model.generation_config.pad_token_id = 0
     return model.eval()
 
 
-def tiny_inputs(
+def _inputs_llava(
     model,
     images_per_row: list[int],
     *,
@@ -75,9 +85,8 @@ def tiny_inputs(
     padding_side: str = "left",
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Hand-built inputs of the exact shapes a LLaVA processor produces: each row ``BOS, text, <image> x N per
-    image, text``, padded with id 0 on ``padding_side``. Returns ``input_ids``, ``attention_mask``,
-    ``pixel_values`` (one image per ``<image>``)."""
+    """Each row ``BOS, text, <image> x N per image, text``, padded with id 0 on ``padding_side``; one
+    ``pixel_values`` image per ``<image>``."""
     generator = torch.Generator().manual_seed(seed)
     config = model.config
     image_size = config.vision_config.image_size
@@ -101,3 +110,76 @@ def tiny_inputs(
         mask[b, span] = 1
     pixel_values = torch.randn(sum(images_per_row), 3, image_size, image_size, generator=generator)
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values}
+
+
+#: model_type -> input builder with :func:`tiny_inputs`' signature
+INPUTS: dict[str, Any] = {"llava": _inputs_llava}
+
+
+def tiny_inputs(
+    model,
+    images_per_row: list[int],
+    *,
+    text_lengths: list[int] | None = None,
+    padding_side: str = "left",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Hand-built inputs of the exact shapes the model's processor produces, for a :func:`build_tiny` model:
+    ``images_per_row[b]`` images in prompt ``b`` (0 = text only), padded with id 0 on ``padding_side``.
+    Returns ``input_ids``, ``attention_mask`` and the model's image inputs."""
+    model_type = model.config.model_type
+    if model_type not in INPUTS:
+        raise ValueError(f"no tiny inputs for model_type {model_type!r}; available: {', '.join(INPUTS)}")
+    return INPUTS[model_type](
+        model, images_per_row, text_lengths=text_lengths, padding_side=padding_side, seed=seed
+    )
+
+#: a LLaVA-1.5 style chat template: "USER: <image> question ASSISTANT:"
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image> "
+    "{% else %}{{ part['text'] }} {% endif %}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def word_tokenizer(words: list[str]):
+    """A word-level ``PreTrainedTokenizerFast`` for the tiny models: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3,
+    the words from 4 on, ``<image>`` = the tiny models' image token id."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for word in words:
+        if len(vocab) >= TINY_IMAGE_TOKEN_ID:
+            raise ValueError(f"word_tokenizer: at most {TINY_IMAGE_TOKEN_ID - 4} words fit the tiny vocabulary")
+        vocab.setdefault(word, len(vocab))
+    vocab["<image>"] = TINY_IMAGE_TOKEN_ID
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<image>"],
+    )
+
+
+def tiny_processor(model, words: list[str] | None = None):
+    """A real ``LlavaProcessor`` matching :func:`build_tiny`'s LLaVA (word-level tokenizer, CLIP image
+    processor, LLaVA-1.5 chat template), so examples run the same processor code paths as a checkpoint."""
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+
+    vision = model.config.vision_config
+    side = vision.image_size
+    words = words or "USER: ASSISTANT: what is in the image ? describe it".split()
+    return LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
+        tokenizer=word_tokenizer(["USER:", "ASSISTANT:", *words]),
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
