@@ -21,6 +21,7 @@ _METHODS: dict[str, str] = {
     "fastv": "vlm_compress.methods.fastv:FastV",
     "todre": "vlm_compress.methods.todre:ToDRE",
     "mmtok": "vlm_compress.methods.mmtok:MMTok",
+    "tap": "vlm_compress.methods.tap:TAP",
 }
 
 # model_type -> "module:Class"
