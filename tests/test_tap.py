@@ -242,3 +242,26 @@ def test_finetuning_lowers_adl_and_trains_only_tap(llava_with_images):
         assert all(p.requires_grad for p in model.parameters())
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_llava_feeds_trained_tap_weights_to_the_compressor():
+    from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
+
+    model = build_tiny("llava", seed=31)
+    inputs = tiny_inputs(model, [1, 1], seed=32)
+    seen = []
+    method_cls = vlmc.registry.method_class("tap")
+
+    class Recorder(method_cls):
+        def select(self, ctx):
+            seen.append(ctx.signals.get("tap_scale_weights") if ctx.has("tap_scale_weights") else None)
+            return super().select(ctx)
+
+    with vlmc.compress(model, Recorder(budget=16)):
+        model(**inputs)
+    assert seen == [None, None]  # no TAP module in the tower: no signal
+    seen.clear()
+    with insert_tap(model.model.vision_tower, init="paper"), vlmc.compress(model, Recorder(budget=16, scale_source="tap")):
+        model(**inputs)
+    assert len(seen) == 2 and all(w is not None and w.shape == (144, 4) for w in seen)
+    torch.testing.assert_close(seen[0].sum(dim=-1), torch.ones(144))

@@ -17,6 +17,7 @@ from ..context import VisualContext, _LazySignals
 from ..errors import InputMismatchError
 from . import text_signals, vision_towers
 from .base import Adapter, ImageSlot
+from .vit_tap import recorded_scale_weights
 
 
 def assign_image_slots(
@@ -125,11 +126,18 @@ class ImageSignals(text_signals.PromptSignals):
         self._cls: torch.Tensor | None = None
 
     def providers(self, image: int, row: int, columns: torch.Tensor, is_image: torch.Tensor) -> dict[str, Any]:
-        return {
+        providers = {
             "vision_features": lambda: self.vision_features(image),
             "cls_attention": lambda: self.cls_attention()[image],
             **self.text_providers(row, columns, is_image),
         }
+        # scale weights of TAP modules inserted into the tower (vlmc.insert_tap), for the ``tap`` compressor
+        weights = recorded_scale_weights(self.adapter.vision_tower)
+        patches = self.hidden_states[0].shape[1] - self._start()
+        if weights is not None and weights.shape[0] > image and weights.shape[1] in (patches, patches + 1):
+            offset = weights.shape[1] - patches
+            providers["tap_scale_weights"] = lambda: weights[image, offset:]
+        return providers
 
     def _start(self) -> int:
         return 1 if self.drop_cls else 0
