@@ -14,9 +14,8 @@ TINY_IMAGE_TOKEN_ID = 999
 TINY_VOCAB = 1000
 
 
-def _tiny_text_config(**overrides: Any):
-    from transformers import LlamaConfig
-
+def _tiny_text_params(**overrides: Any) -> dict[str, Any]:
+    """The language model of every tiny model: 3 layers, 64 wide, GQA 4/2, vocabulary 1000."""
     params = dict(
         hidden_size=64,
         intermediate_size=128,
@@ -30,7 +29,25 @@ def _tiny_text_config(**overrides: Any):
         max_position_embeddings=2048,
     )
     params.update(overrides)
-    return LlamaConfig(**params)
+    return params
+
+
+def _tiny_text_config(**overrides: Any):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**_tiny_text_params(**overrides))
+
+
+def _pad_rows(rows: list[list[int]], padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> ``input_ids`` and ``attention_mask``, padded with id 0 on ``padding_side``."""
+    length = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, row in enumerate(rows):
+        span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
+        ids[b, span] = torch.tensor(row)
+        mask[b, span] = 1
+    return ids, mask
 
 
 def _tiny_clip_vision(**overrides: Any):
@@ -74,20 +91,8 @@ def _build_qwen(model_type: str, attn_implementation: str, **overrides: Any):
         Qwen2VLForConditionalGeneration,
     )
 
-    text = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=TINY_VOCAB,
-        max_position_embeddings=2048,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    text.update(overrides)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    text = _tiny_text_params(rope_parameters=rope, **overrides)
     vision = dict(depth=2, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
     if model_type == "qwen2_vl":
         vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
@@ -151,13 +156,7 @@ def _inputs_llava(
         for i in range(count):
             row += [config.image_token_id] * patches + words[text_length + 2 * i : text_length + 2 * i + 2]
         rows.append(row)
-    length = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
-        ids[b, span] = torch.tensor(row)
-        mask[b, span] = 1
+    ids, mask = _pad_rows(rows, padding_side)
     pixel_values = torch.randn(sum(images_per_row), 3, image_size, image_size, generator=generator)
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values}
 
@@ -189,13 +188,7 @@ def _inputs_qwen(
             row += [TINY_QWEN_TOKENS["vision_start_token_id"]] + [TINY_IMAGE_TOKEN_ID] * tokens
             row += [TINY_QWEN_TOKENS["vision_end_token_id"]] + words[text_length + 2 * i : text_length + 2 * i + 2]
         rows.append(row)
-    length = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
-        ids[b, span] = torch.tensor(row)
-        mask[b, span] = 1
+    ids, mask = _pad_rows(rows, padding_side)
     patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
     patches = sum(t * h * w for t, h, w in grids)
     out = {
