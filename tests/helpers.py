@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from vlm_compress.zoo.synthetic import word_tokenizer  # noqa: F401  (re-exported for the tests)
+
 
 def hook_state(model: torch.nn.Module) -> dict[str, tuple]:
     """Every hook dict of every submodule, and the instance attributes that could shadow methods."""
@@ -52,30 +54,6 @@ class LayerLengths:
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
-
-
-def word_tokenizer(words: list[str]):
-    """A word-level ``PreTrainedTokenizerFast`` for the tiny models: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, the words
-    from 3 on, ``<image>`` = the tiny models' image token id."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from vlm_compress.zoo.synthetic import TINY_IMAGE_TOKEN_ID
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for word in words:
-        vocab.setdefault(word, len(vocab))
-    vocab["<image>"] = TINY_IMAGE_TOKEN_ID
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=["<image>"],
-    )
 
 
 def expand_images(input_ids: torch.Tensor, image_token_id: int, tokens_per_image: int) -> torch.Tensor:

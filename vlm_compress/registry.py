@@ -21,11 +21,14 @@ _METHODS: dict[str, str] = {
     "fastv": "vlm_compress.methods.fastv:FastV",
     "todre": "vlm_compress.methods.todre:ToDRE",
     "mmtok": "vlm_compress.methods.mmtok:MMTok",
+    "tap": "vlm_compress.methods.tap:TAP",
 }
 
 # model_type -> "module:Class"
 _ADAPTERS: dict[str, str] = {
     "llava": "vlm_compress.adapters.llava:LlavaAdapter",
+    "qwen2_vl": "vlm_compress.adapters.qwen2_vl:Qwen2VLAdapter",
+    "qwen2_5_vl": "vlm_compress.adapters.qwen2_vl:Qwen2VLAdapter",
 }
 
 
