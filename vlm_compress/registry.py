@@ -26,6 +26,7 @@ _METHODS: dict[str, str] = {
 # model_type -> "module:Class"
 _ADAPTERS: dict[str, str] = {
     "llava": "vlm_compress.adapters.llava:LlavaAdapter",
+    "llava_next": "vlm_compress.adapters.llava_next:LlavaNextAdapter",
 }
 
 
