@@ -21,6 +21,7 @@ _METHODS: dict[str, str] = {
     "fastv": "vlm_compress.methods.fastv:FastV",
     "todre": "vlm_compress.methods.todre:ToDRE",
     "mmtok": "vlm_compress.methods.mmtok:MMTok",
+    "globalcom2": "vlm_compress.methods.globalcom2:GlobalCom2",
 }
 
 # model_type -> "module:Class"
