@@ -20,7 +20,7 @@ Newline policy: a grid row keeps its newline when at least one of its tokens is 
 so the compressed image still reads as rows ended by newlines. A reordering (``order="score"`` or
 ``"selection"``) applies to the thumbnail's tokens; the grid always stays in raster order with its newlines
 (this is also what GlobalCom²'s official code does). Inside the language model (FastV, ToDRE stage 2) the
-newline positions are ordinary visual columns of their image.
+newline positions are not counted as visual: they always survive there, and budgets count content tokens.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from transformers.models.llava_next.modeling_llava_next import (
 
 from ..context import TokenRegion, VisualContext, _LazySignals
 from ..errors import InputMismatchError, UnsupportedModelError
-from .base import ImageSlot
+from .base import ImageSlot, SequencePlan
 from .llava import ImageSignals, LlavaAdapter, assign_image_slots
 
 
@@ -201,6 +201,15 @@ class LlavaNextAdapter(LlavaAdapter):
                 )
             )
         return regions
+
+    def plan(self, slots, attention_mask, batch, length, device) -> SequencePlan:
+        """As the base plan, with newline columns marked as non-visual so in-LLM pruning counts content only."""
+        plan = super().plan(slots, attention_mask, batch, length, device)
+        for slot in slots:
+            if isinstance(slot, AnyResSlot):
+                newlines = slot.columns[slot.layout.newlines.to(slot.columns.device)].to(device)
+                plan.image_of[slot.row, torch.isin(plan.columns[slot.row], newlines)] = -1
+        return plan
 
     def kept_layout(self, slot: ImageSlot) -> tuple[torch.Tensor, torch.Tensor]:
         """Kept thumbnail tokens (in the selection's order), then the kept grid tokens in raster order with the
