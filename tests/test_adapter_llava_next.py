@@ -216,3 +216,24 @@ def test_missing_image_sizes_is_a_clear_error(model, batch):
     inputs.pop("image_sizes")
     with vlmc.compress(model, "uniform", budget=8), pytest.raises(InputMismatchError, match="image_sizes"):
         model(**inputs)
+
+
+def test_inputs_embeds_instead_of_ids(model, batch):
+    inputs = dict(batch)
+    inputs["inputs_embeds"] = model.get_input_embeddings()(inputs.pop("input_ids"))
+    reference = model(**inputs).logits
+    with vlmc.compress(model, "globalcom2", budget=1.0):
+        assert torch.equal(model(**inputs).logits, reference)
+    with LayerLengths(model) as probe, vlmc.compress(model, "globalcom2", budget=8) as run:
+        model(**inputs)
+    assert [r.tokens_after for r in run.report.images] == [8, 8, 8]
+    assert probe.calls[0][0] < reference.shape[1]
+
+
+def test_in_llm_pruning_keeps_every_newline(model):
+    """FastV prunes content columns only: 16 + 32 content tokens -> 12 kept, the 4 newlines all survive."""
+    inputs = tiny_inputs(model, [1], seed=0, text_lengths=[3])
+    length = inputs["input_ids"].shape[1]
+    with LayerLengths(model) as probe, vlmc.compress(model, "fastv", budget=12, prune_layer=1):
+        model(**inputs)
+    assert probe.calls[0] == [length, length - (48 - 12), length - (48 - 12)]
