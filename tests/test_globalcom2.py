@@ -160,3 +160,29 @@ def test_without_crops_the_thumbnail_rule_applies_and_says_so():
 def test_bad_hyperparameters_are_rejected(kwargs, error):
     with pytest.raises(error):
         GlobalCom2(**kwargs)
+
+
+def test_score_order_on_llava_next_puts_the_thumbnail_in_descending_attention():
+    import vlm_compress as vlmc
+    from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
+
+    model = build_tiny("llava_next", seed=5)
+    inputs = tiny_inputs(model, [1], seed=2)
+    seen = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"]), with_kwargs=True
+    )
+    try:
+        with vlmc.compress(model, "globalcom2", order="score") as run:
+            model(**inputs)
+    finally:
+        hook.remove()
+    record = run.report.images[0]
+    thumbnail_kept = record.info["thumbnail_kept"]
+    scores = record.selection.scores[:16]
+    expected = torch.sort(scores, descending=True, stable=True).indices[:thumbnail_kept]
+    packed = model.model.get_image_features(
+        pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"]
+    ).pooler_output[0]
+    start = int(torch.nonzero(inputs["input_ids"][0] == 999)[0])
+    assert torch.equal(seen[0][0, start : start + thumbnail_kept], packed[expected])
