@@ -10,7 +10,11 @@ from vlm_compress.zoo.synthetic import TINY_IMAGE_TOKEN_ID, build_tiny, tiny_inp
 
 from .helpers import LayerLengths, hook_state
 
-TOKENS = 144  # visual tokens per image of the tiny LLaVA
+
+def image_runs(columns: torch.Tensor) -> list[torch.Tensor]:
+    """Consecutive runs of visual columns: one per image (the tiny prompts put text between images)."""
+    breaks = torch.nonzero(columns[1:] != columns[:-1] + 1).flatten() + 1
+    return list(torch.tensor_split(columns, breaks.tolist()))
 
 
 def top_attended_drop(attention_row: torch.Tensor, input_ids: torch.Tensor, keep: int) -> torch.Tensor:
@@ -18,7 +22,7 @@ def top_attended_drop(attention_row: torch.Tensor, input_ids: torch.Tensor, keep
     drop = torch.zeros_like(input_ids, dtype=torch.bool)
     for b in range(input_ids.shape[0]):
         columns = torch.nonzero(input_ids[b] == TINY_IMAGE_TOKEN_ID).flatten()
-        for image in columns.split(TOKENS):
+        for image in image_runs(columns):
             order = torch.sort(attention_row[b, image], descending=True, stable=True).indices
             drop[b, image[order[keep:]]] = True
     return drop
@@ -48,6 +52,31 @@ def four_layers():
     return {
         impl: build_tiny("llava", seed=5, attn_implementation=impl, num_hidden_layers=4) for impl in ("eager", "sdpa")
     }
+
+
+@pytest.fixture(scope="module")
+def four_layer_qwen():
+    return {
+        impl: build_tiny("qwen2_vl", seed=5, attn_implementation=impl, num_hidden_layers=4)
+        for impl in ("eager", "sdpa")
+    }
+
+
+def test_fastv_on_qwen_equals_masked_reference_with_3d_positions(four_layer_qwen):
+    """M-RoPE: the recomputed attention row and the gathered 3-D position embeddings must both be right."""
+    eager, model = four_layer_qwen["eager"], four_layer_qwen["sdpa"]
+    inputs = tiny_inputs(eager, [2, 1], seed=6)
+    keep, layer = 6, 2
+    with torch.no_grad():
+        attentions = eager(**inputs, output_attentions=True).attentions
+        drop = top_attended_drop(attentions[layer - 1][:, :, -1, :].mean(dim=1), inputs["input_ids"], keep)
+        reference = masked_logits(eager, inputs, layer, drop)
+        with vlmc.compress(model, "fastv", budget=keep, prune_layer=layer):
+            logits = model(**inputs).logits
+    valid = inputs["attention_mask"].bool()
+    for b in range(logits.shape[0]):
+        survivors = torch.nonzero(valid[b] & ~drop[b]).flatten()
+        torch.testing.assert_close(logits[b, -survivors.numel() :], reference[b, survivors], atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 SUBCOMMANDS = {
     "methods": "vlm_compress.cli",
     "run": "vlm_compress.run",
+    "eval": "vlm_compress.eval.cli",
 }
 
 

@@ -82,7 +82,7 @@ class _CacheState:
     original_length: int
     new_length: int
     attention_mask: torch.Tensor
-    position_offset: int
+    position_offset: int | torch.Tensor  # added to a cache index to get a position; a tensor is per row [B, 1]
 
 
 def gather_columns(
@@ -230,7 +230,7 @@ class Adapter:
             new_call, plan = self.compress_call(call, "forward")
             with self._pruning(plan):
                 output = orig(**new_call)
-            self._remember_cache(output, call, plan)
+            self._remember_cache(output, call, plan, new_call.get("position_ids"))
             return output
 
         return forward
@@ -329,8 +329,11 @@ class Adapter:
         query_length = ref.shape[1]
         cache_length = cache.get_seq_length()
         if call.get("position_ids") is None:
-            positions = torch.arange(query_length, device=ref.device) + cache_length + state.position_offset
-            call["position_ids"] = positions.unsqueeze(0).expand(ref.shape[0], -1)
+            positions = torch.arange(query_length, device=ref.device) + cache_length
+            offset = state.position_offset
+            if isinstance(offset, torch.Tensor):
+                offset = offset.to(ref.device).repeat_interleave(ref.shape[0] // offset.shape[0], dim=0)
+            call["position_ids"] = (positions.unsqueeze(0) + offset).expand(ref.shape[0], -1)
         mask = call.get("attention_mask")
         generated = cache_length - state.new_length
         if mask is not None and mask.shape[1] == state.original_length + generated + query_length:
@@ -339,15 +342,26 @@ class Adapter:
             )
         return call
 
-    def _remember_cache(self, output: Any, call: dict[str, Any], plan: SequencePlan) -> None:
+    def _remember_cache(
+        self, output: Any, call: dict[str, Any], plan: SequencePlan, positions: torch.Tensor | None
+    ) -> None:
         cache = getattr(output, "past_key_values", None)
         if cache is None or plan.unchanged:
             return
         original_length = self._call_length(call)
         new_length = plan.columns.shape[1]
-        offset = 0 if self.handle.position_ids == "contiguous" else original_length - new_length
+        offset = self.decode_offset(call, plan, positions)
         with suppress(TypeError):
             self._caches[cache] = _CacheState(original_length, new_length, plan.attention_mask, offset)
+
+    def decode_offset(
+        self, call: dict[str, Any], plan: SequencePlan, positions: torch.Tensor | None
+    ) -> int | torch.Tensor:
+        """What a manual decode loop adds to a cache index to get the next position after a compressed prefill:
+        the original numbering continues (``0`` when positions were renumbered contiguously)."""
+        if self.handle.position_ids == "contiguous":
+            return 0
+        return self._call_length(call) - plan.columns.shape[1]
 
     @staticmethod
     def _call_length(call: dict[str, Any]) -> int:

@@ -17,6 +17,7 @@ from ..context import VisualContext, _LazySignals
 from ..errors import InputMismatchError
 from . import text_signals, vision_towers
 from .base import Adapter, ImageSlot
+from .vit_tap import recorded_scale_weights
 
 
 def assign_image_slots(
@@ -58,11 +59,9 @@ class LlavaAdapter(Adapter):
         self.image_token_id = self.config.image_token_id
 
     def available_signals(self) -> set[str]:
-        signals = {"vision_features", "text_embeds", "text_ids"}
+        signals = {"vision_features"} | text_signals.available(self.handle)
         if vision_towers.has_cls_token(self.vision_tower):
             signals.add("cls_attention")
-        if self.handle.tokenizer is not None:
-            signals |= {"prompt_text", "question", "text_embedder"}
         return signals
 
     def image_token_mask(self, input_ids, inputs_embeds):
@@ -116,12 +115,11 @@ class LlavaAdapter(Adapter):
         call["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
 
 
-class ImageSignals:
+class ImageSignals(text_signals.PromptSignals):
     """Lazy signals of the images of one call; batched across images and computed at most once."""
 
     def __init__(self, adapter: Adapter, call: dict[str, Any], hidden_states, feature_layer, strategy: str):
-        self.adapter = adapter
-        self.call = {k: call.get(k) for k in ("input_ids", "inputs_embeds", "attention_mask")}
+        super().__init__(adapter, call)
         self.hidden_states = hidden_states
         self.feature_layers = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
         self.drop_cls = strategy == "default"
@@ -131,21 +129,14 @@ class ImageSignals:
         providers = {
             "vision_features": lambda: self.vision_features(image),
             "cls_attention": lambda: self.cls_attention()[image],
-            "text_embeds": lambda: self.text_embeds(row, is_image),
+            **self.text_providers(row, columns, is_image),
         }
-        if self.call["input_ids"] is not None:
-            providers["text_ids"] = lambda: self.text_ids(row, is_image)
-        tokenizer = self.adapter.handle.tokenizer
-        if tokenizer is not None and self.call["input_ids"] is not None:
-            providers["prompt_text"] = lambda: tokenizer.decode(
-                self.text_ids(row, is_image), skip_special_tokens=True
-            )
-            providers["question"] = lambda: text_signals.question_text(
-                tokenizer, self.text_ids(row, is_image, after=int(columns[-1])), self.text_ids(row, is_image)
-            )
-            providers["text_embedder"] = lambda: text_signals.word_embedder(
-                tokenizer, self.adapter.model.get_input_embeddings()
-            )
+        # scale weights of TAP modules inserted into the tower (vlmc.insert_tap), for the ``tap`` compressor
+        weights = recorded_scale_weights(self.adapter.vision_tower)
+        patches = self.hidden_states[0].shape[1] - self._start()
+        if weights is not None and weights.shape[0] > image and weights.shape[1] in (patches, patches + 1):
+            offset = weights.shape[1] - patches
+            providers["tap_scale_weights"] = lambda: weights[image, offset:]
         return providers
 
     def _start(self) -> int:
@@ -162,22 +153,3 @@ class ImageSignals:
                 :, self._start() :
             ]
         return self._cls
-
-    def _text_columns(self, row: int, is_image: torch.Tensor, after: int = -1) -> torch.Tensor:
-        keep = ~is_image[row]
-        keep[: after + 1] = False
-        mask = self.call["attention_mask"]
-        if mask is not None:
-            keep &= mask[row].bool()
-        return torch.nonzero(keep).flatten()
-
-    def text_ids(self, row: int, is_image: torch.Tensor, after: int = -1) -> torch.Tensor:
-        """The row's text token ids (optionally only those after column ``after``)."""
-        return self.call["input_ids"][row, self._text_columns(row, is_image, after)]
-
-    def text_embeds(self, row: int, is_image: torch.Tensor) -> torch.Tensor:
-        columns = self._text_columns(row, is_image)
-        if self.call["inputs_embeds"] is not None:
-            return self.call["inputs_embeds"][row, columns]
-        with torch.no_grad():
-            return self.adapter.model.get_input_embeddings()(self.call["input_ids"][row, columns])

@@ -13,6 +13,7 @@ from .k_center import k_center
 from .merging import bipartite_soft_matching, merge_by_groups
 from .pooling import cell_average_pool, grid_layout, uniform_grid_indices
 from .similarity import cosine_similarity, normalize_rows
+from .tap import dilated_avg_pool
 from .topk import topk_indices
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "mmtok_coverage",
     "merge_by_groups",
     "cosine_similarity",
+    "dilated_avg_pool",
     "grid_layout",
     "normalize_rows",
     "solve_retention_ratio",

@@ -14,9 +14,8 @@ TINY_IMAGE_TOKEN_ID = 999
 TINY_VOCAB = 1000
 
 
-def _tiny_text_config(**overrides: Any):
-    from transformers import LlamaConfig
-
+def _tiny_text_params(**overrides: Any) -> dict[str, Any]:
+    """The language model of every tiny model: 3 layers, 64 wide, GQA 4/2, vocabulary 1000."""
     params = dict(
         hidden_size=64,
         intermediate_size=128,
@@ -30,7 +29,25 @@ def _tiny_text_config(**overrides: Any):
         max_position_embeddings=2048,
     )
     params.update(overrides)
-    return LlamaConfig(**params)
+    return params
+
+
+def _tiny_text_config(**overrides: Any):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**_tiny_text_params(**overrides))
+
+
+def _pad_rows(rows: list[list[int]], padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> ``input_ids`` and ``attention_mask``, padded with id 0 on ``padding_side``."""
+    length = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, row in enumerate(rows):
+        span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
+        ids[b, span] = torch.tensor(row)
+        mask[b, span] = 1
+    return ids, mask
 
 
 def _tiny_clip_vision(**overrides: Any):
@@ -58,6 +75,40 @@ def _build_llava(attn_implementation: str, **overrides: Any):
     return LlavaForConditionalGeneration(config)
 
 
+#: Qwen2-VL special tokens of the tiny models (the image pad token is the shared image token id)
+TINY_QWEN_TOKENS = {"vision_start_token_id": 996, "vision_end_token_id": 997, "video_token_id": 998}
+#: (t, h, w) patch grids of the tiny Qwen images, cycled: different resolutions in one batch
+TINY_QWEN_GRIDS = ((1, 8, 8), (1, 12, 8), (1, 8, 12))
+
+
+def _build_qwen(model_type: str, attn_implementation: str, **overrides: Any):
+    """Vision: 2 blocks, 4-px patches, 2x2 merger (an 8x8-patch image gives 16 visual tokens);
+    text: 3-layer Qwen2 with 3-D M-RoPE (head_dim 16, mrope_section 2+3+3)."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+    )
+
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    text = _tiny_text_params(rope_parameters=rope, **overrides)
+    vision = dict(depth=2, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    if model_type == "qwen2_vl":
+        vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
+        config_cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    else:
+        vision.update(
+            hidden_size=32, out_hidden_size=64, intermediate_size=64, window_size=16, fullatt_block_indexes=[1]
+        )
+        config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    config = config_cls(
+        vision_config=vision, text_config=text, image_token_id=TINY_IMAGE_TOKEN_ID, **TINY_QWEN_TOKENS
+    )
+    config._attn_implementation = attn_implementation
+    return model_cls(config)
+
+
 #: LLaVA-NeXT's tiny AnyRes resolutions (h, w) in pixels: crop layouts 1x2, 2x1 and 2x2 of 32-px tiles
 TINY_GRID_PINPOINTS = [[32, 64], [64, 32], [64, 64]]
 
@@ -80,7 +131,12 @@ def _build_llava_next(attn_implementation: str, **overrides: Any):
 
 
 #: model_type -> builder(attn_implementation, **text_config_overrides); each adapter adds its tiny model here
-BUILDERS: dict[str, Any] = {"llava": _build_llava, "llava_next": _build_llava_next}
+BUILDERS: dict[str, Any] = {
+    "llava": _build_llava,
+    "llava_next": _build_llava_next,
+    "qwen2_vl": lambda attn, **kw: _build_qwen("qwen2_vl", attn, **kw),
+    "qwen2_5_vl": lambda attn, **kw: _build_qwen("qwen2_5_vl", attn, **kw),
+}
 
 
 def build_tiny(
@@ -122,15 +178,50 @@ def _inputs_llava(
         for i in range(count):
             row += [config.image_token_id] * patches + words[text_length + 2 * i : text_length + 2 * i + 2]
         rows.append(row)
-    length = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
-        ids[b, span] = torch.tensor(row)
-        mask[b, span] = 1
+    ids, mask = _pad_rows(rows, padding_side)
     pixel_values = torch.randn(sum(images_per_row), 3, image_size, image_size, generator=generator)
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values}
+
+
+def _inputs_qwen(
+    model,
+    images_per_row: list[int],
+    *,
+    text_lengths: list[int] | None = None,
+    padding_side: str = "left",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Each row ``BOS, text, (<vision_start>, <image_pad> x t*h*w/4, <vision_end>, text) per image`` with the
+    image grids cycling through :data:`TINY_QWEN_GRIDS`; ``pixel_values`` are flattened patches
+    ``[sum(t*h*w), C * temporal * patch^2]`` as the Qwen2-VL image processor returns them, plus
+    ``image_grid_thw`` and ``mm_token_type_ids``."""
+    generator = torch.Generator().manual_seed(seed)
+    vision = model.config.vision_config
+    unit = vision.spatial_merge_size**2
+    text_lengths = text_lengths or [3 + 2 * i for i in range(len(images_per_row))]
+    rows, grids = [], []
+    for count, text_length in zip(images_per_row, text_lengths):
+        words = torch.randint(3, TINY_VOCAB - 10, (text_length + 2 * max(count, 1),), generator=generator).tolist()
+        row = [1] + words[:text_length]
+        for i in range(count):
+            grid = TINY_QWEN_GRIDS[len(grids) % len(TINY_QWEN_GRIDS)]
+            grids.append(grid)
+            tokens = grid[0] * grid[1] * grid[2] // unit
+            row += [TINY_QWEN_TOKENS["vision_start_token_id"]] + [TINY_IMAGE_TOKEN_ID] * tokens
+            row += [TINY_QWEN_TOKENS["vision_end_token_id"]] + words[text_length + 2 * i : text_length + 2 * i + 2]
+        rows.append(row)
+    ids, mask = _pad_rows(rows, padding_side)
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    patches = sum(t * h * w for t, h, w in grids)
+    out = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "mm_token_type_ids": (ids == TINY_IMAGE_TOKEN_ID).int(),
+    }
+    if grids:
+        out["pixel_values"] = torch.randn(patches, patch_dim, generator=generator)
+        out["image_grid_thw"] = torch.tensor(grids)
+    return out
 
 
 #: image sizes (h, w) in pixels that the tiny LLaVA-NeXT inputs cycle through: every crop layout, with padding
@@ -196,7 +287,12 @@ def _inputs_llava_next(
 
 
 #: model_type -> input builder with :func:`tiny_inputs`' signature
-INPUTS: dict[str, Any] = {"llava": _inputs_llava, "llava_next": _inputs_llava_next}
+INPUTS: dict[str, Any] = {
+    "llava": _inputs_llava,
+    "llava_next": _inputs_llava_next,
+    "qwen2_vl": _inputs_qwen,
+    "qwen2_5_vl": _inputs_qwen,
+}
 
 
 def tiny_inputs(
