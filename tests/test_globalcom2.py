@@ -18,6 +18,7 @@ from vlm_compress.functional import (
     thumbnail_prior_per_crop,
 )
 from vlm_compress.methods.globalcom2 import GlobalCom2
+from vlm_compress.selection import Selection
 
 
 def test_crop_sums_cover_equal_blocks_of_the_thumbnail():
@@ -162,7 +163,26 @@ def test_bad_hyperparameters_are_rejected(kwargs, error):
         GlobalCom2(**kwargs)
 
 
-def test_score_order_on_llava_next_puts_the_thumbnail_in_descending_attention():
+def contexts_of(model, inputs):
+    """The contexts the LLaVA-NeXT adapter builds for ``inputs`` (a method that records them and keeps all)."""
+    import vlm_compress as vlmc
+    from vlm_compress.methods.base import Method
+
+    seen = []
+
+    class Record(Method):
+        name = "record"
+
+        def select(self, ctx):
+            seen.append(ctx)
+            return Selection(kept_indices=torch.arange(ctx.num_tokens))
+
+    with vlmc.compress(model, Record()):
+        model(**inputs)
+    return seen
+
+
+def test_on_llava_next_crop_counts_match_and_score_order_sorts_the_thumbnail():
     import vlm_compress as vlmc
     from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
 
@@ -178,7 +198,11 @@ def test_score_order_on_llava_next_puts_the_thumbnail_in_descending_attention():
     finally:
         hook.remove()
     record = run.report.images[0]
+    kept = set(record.kept_indices)
+    crops = contexts_of(model, inputs)[0].crops
+    assert [len(kept & set(c.indices.tolist())) for c in crops] == record.info["crop_kept"]
     thumbnail_kept = record.info["thumbnail_kept"]
+    assert len(kept & set(range(16))) == thumbnail_kept
     scores = record.selection.scores[:16]
     expected = torch.sort(scores, descending=True, stable=True).indices[:thumbnail_kept]
     packed = model.model.get_image_features(
