@@ -465,6 +465,7 @@ class Adapter:
     ) -> SequencePlan:
         """Per row: text columns (padding removed) with each image's block replaced by its kept columns."""
         features = []
+        kept_columns = []
         unchanged = True
         for slot in slots:
             selection = slot.selection
@@ -476,9 +477,9 @@ class Adapter:
                 or bool((kept.cpu() != torch.arange(n)).any())
             ):
                 unchanged = False
-            features.append(
-                selection.features if selection.features is not None else slot.context.features[kept]
-            )
+            columns, kept_features = self.kept_layout(slot)
+            kept_columns.append(columns)
+            features.append(kept_features)
         full_mask = (
             attention_mask.bool().to(device)
             if attention_mask is not None
@@ -497,17 +498,17 @@ class Adapter:
         side = "right" if right_padded else "left"
         rows = []
         for b in range(batch):
-            row_slots = [s for s in slots if s.row == b]
+            row_slots = [(s, c) for s, c in zip(slots, kept_columns) if s.row == b]
             is_image = torch.zeros(length, dtype=torch.bool, device=device)
-            for s in row_slots:
+            for s, _ in row_slots:
                 is_image[s.columns.to(device)] = True
             text = torch.nonzero(full_mask[b] & ~is_image).flatten()
             keys = [text]
             pieces = [text]
-            for s in row_slots:
-                kept_columns = s.columns.to(device)[s.selection.kept_indices.to(device)]
-                pieces.append(kept_columns)
-                keys.append(torch.full_like(kept_columns, s.start))
+            for s, slot_columns in row_slots:
+                slot_columns = slot_columns.to(device)
+                pieces.append(slot_columns)
+                keys.append(torch.full_like(slot_columns, s.start))
             key = torch.cat(keys)
             order = torch.sort(key, stable=True).indices
             rows.append(torch.cat(pieces)[order])
@@ -521,6 +522,17 @@ class Adapter:
         new_mask = gather_columns(full_mask.long(), columns, 0)
         new_image_of = gather_columns(image_of, columns, -1)
         return SequencePlan(columns, new_mask, features, False, side, new_image_of, tokens_before)
+
+    def kept_layout(self, slot: ImageSlot) -> tuple[torch.Tensor, torch.Tensor]:
+        """The columns an image keeps (in sequence order) and the features placed there (``[K', D]``).
+
+        Default: the selection's kept tokens in the selection's order. Adapters whose placeholder block holds
+        more than the method's tokens (LLaVA-NeXT's row newlines) override this.
+        """
+        selection = slot.selection
+        kept = selection.kept_indices
+        features = selection.features if selection.features is not None else slot.context.features[kept]
+        return slot.columns[kept.to(slot.columns.device)], features
 
     def _pad_token_id(self) -> int:
         candidates = [

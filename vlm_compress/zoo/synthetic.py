@@ -109,9 +109,31 @@ def _build_qwen(model_type: str, attn_implementation: str, **overrides: Any):
     return model_cls(config)
 
 
+#: LLaVA-NeXT's tiny AnyRes resolutions (h, w) in pixels: crop layouts 1x2, 2x1 and 2x2 of 32-px tiles
+TINY_GRID_PINPOINTS = [[32, 64], [64, 32], [64, 64]]
+
+
+def _build_llava_next(attn_implementation: str, **overrides: Any):
+    """CLIP tower 32x32 px with 8-px patches (a 4x4 = 16-token thumbnail and 16 tokens per crop), crops laid
+    out by :data:`TINY_GRID_PINPOINTS`, 3-layer Llama."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    config = LlavaNextConfig(
+        vision_config=_tiny_clip_vision(image_size=32),
+        text_config=_tiny_text_config(**overrides),
+        image_token_id=TINY_IMAGE_TOKEN_ID,
+        image_grid_pinpoints=TINY_GRID_PINPOINTS,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    config._attn_implementation = attn_implementation
+    return LlavaNextForConditionalGeneration(config)
+
+
 #: model_type -> builder(attn_implementation, **text_config_overrides); each adapter adds its tiny model here
 BUILDERS: dict[str, Any] = {
     "llava": _build_llava,
+    "llava_next": _build_llava_next,
     "qwen2_vl": lambda attn, **kw: _build_qwen("qwen2_vl", attn, **kw),
     "qwen2_5_vl": lambda attn, **kw: _build_qwen("qwen2_5_vl", attn, **kw),
 }
@@ -202,8 +224,75 @@ def _inputs_qwen(
     return out
 
 
+#: image sizes (h, w) in pixels that the tiny LLaVA-NeXT inputs cycle through: every crop layout, with padding
+TINY_NEXT_IMAGE_SIZES = [(40, 70), (50, 30), (32, 32), (64, 64), (61, 45)]
+
+
+def tiny_next_processor(model, words: list[str] | None = None, *, padding_side: str = "left"):
+    """A real ``LlavaNextProcessor`` for :func:`build_tiny`'s LLaVA-NeXT (PIL image processor, word-level tokenizer)."""
+    from transformers import LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    vision = model.config.vision_config
+    side = vision.image_size
+    tokenizer = word_tokenizer(["USER:", "ASSISTANT:", *(words or [f"w{i}" for i in range(200)])])
+    tokenizer.padding_side = padding_side
+    return LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(
+            size={"shortest_edge": side},
+            crop_size={"height": side, "width": side},
+            image_grid_pinpoints=model.config.image_grid_pinpoints,
+        ),
+        tokenizer=tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+
+
+def _inputs_llava_next(
+    model,
+    images_per_row: list[int],
+    *,
+    text_lengths: list[int] | None = None,
+    padding_side: str = "left",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Run a real ``LlavaNextProcessor`` on random images of the sizes in :data:`TINY_NEXT_IMAGE_SIZES` (in turn,
+    so one batch mixes crop layouts): ``input_ids``, ``attention_mask``, ``pixel_values [I, P, 3, 32, 32]``
+    (padded to the most crops), ``image_sizes [I, 2]``."""
+    import numpy as np
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    processor = tiny_next_processor(model, padding_side=padding_side)
+    text_lengths = text_lengths or [3 + 2 * i for i in range(len(images_per_row))]
+    texts, images = [], []
+    for count, text_length in zip(images_per_row, text_lengths):
+        words = [f"w{int(i)}" for i in torch.randint(0, 200, (text_length + 2 * count,), generator=generator)]
+        parts = ["<s>", *words[:text_length]]
+        for i in range(count):
+            parts += ["<image>", *words[text_length + 2 * i : text_length + 2 * i + 2]]
+            height, width = TINY_NEXT_IMAGE_SIZES[(len(images) + seed) % len(TINY_NEXT_IMAGE_SIZES)]
+            pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+            images.append(Image.fromarray(np.asarray(pixels.numpy())))
+        texts.append(" ".join(parts))
+    out = processor(images=images or None, text=texts, return_tensors="pt", padding=True)
+    inputs = {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+    if images:
+        inputs["pixel_values"] = out["pixel_values"]
+        inputs["image_sizes"] = out["image_sizes"]
+    return inputs
+
+
 #: model_type -> input builder with :func:`tiny_inputs`' signature
-INPUTS: dict[str, Any] = {"llava": _inputs_llava, "qwen2_vl": _inputs_qwen, "qwen2_5_vl": _inputs_qwen}
+INPUTS: dict[str, Any] = {
+    "llava": _inputs_llava,
+    "llava_next": _inputs_llava_next,
+    "qwen2_vl": _inputs_qwen,
+    "qwen2_5_vl": _inputs_qwen,
+}
 
 
 def tiny_inputs(
