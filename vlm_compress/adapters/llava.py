@@ -32,8 +32,8 @@ def assign_image_slots(
     total_tokens, total_needed = int(is_image.sum()), sum(tokens_per_image)
     if total_tokens != total_needed:
         raise InputMismatchError(
-            f"the images give {len(tokens_per_image)} x {tokens_per_image[0] if tokens_per_image else 0} = "
-            f"{total_needed} visual tokens but the prompt holds {total_tokens} {placeholder} placeholder tokens; "
+            f"the {len(tokens_per_image)} image(s) give {total_needed} visual tokens ({'+'.join(map(str, tokens_per_image))}) "
+            f"but the prompt holds {total_tokens} {placeholder} placeholder tokens; "
             "build inputs with the model's processor (one image per <image> in the text)"
         )
     slots, row, used = [], 0, 0
