@@ -14,6 +14,8 @@ from collections.abc import Sequence
 # subcommand name -> module exposing add_parser(subparsers)
 SUBCOMMANDS = {
     "methods": "vlm_compress.cli",
+    "demo": "vlm_compress.demo.cli",
+    "bench": "vlm_compress.bench.cli",
 }
 
 
