@@ -59,7 +59,7 @@ class ToyProcessor:
         for i, part in enumerate(text.split(self.image_marker)):
             if i:
                 ids += [self.image_token_id] * self.num_image_tokens
-            ids += [3 + ord(ch) % (self.vocab_size - 4) for ch in part]
+            ids += [3 + (ord(ch) - 32) % 95 for ch in part]
         return ids
 
     def __call__(self, images: Any = None, text: Any = None, return_tensors: str = "pt", **_: Any) -> dict:
