@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import vlm_compress as vlmc
-from tests.helpers import hook_state
 from vlm_compress.bench import (
     DecoderShape,
     Variant,
@@ -23,6 +22,8 @@ from vlm_compress.bench.models import SYNTHETIC, ToyProcessor, prompt_inputs
 from vlm_compress.cli import main
 from vlm_compress.zoo.synthetic import tiny_inputs
 
+from .helpers import hook_state
+
 SHAPE = DecoderShape(hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1, head_dim=4, vocab=10)
 
 
@@ -34,7 +35,9 @@ def test_prefill_flops_counts_projections_mlp_causal_attention_and_last_logits()
 
 
 def test_fewer_positions_give_a_theoretical_speedup_between_linear_and_quadratic():
-    shape = DecoderShape(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, head_dim=128, vocab=32064)
+    shape = DecoderShape(
+        hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, head_dim=128, vocab=32064
+    )
     ratio = prefill_flops(shape, 616) / prefill_flops(shape, 104)
     assert 616 / 104 < ratio < (616 / 104) ** 2
 
@@ -57,10 +60,14 @@ def test_cache_bytes_of_a_dynamic_cache(tiny_llava):
 def test_runner_measures_full_and_method_and_leaves_the_model_untouched(tiny_llava):
     inputs = tiny_inputs(tiny_llava, [1])
     before = hook_state(tiny_llava)
-    results = run(tiny_llava, inputs, [Variant("uniform", 16)], repeats=2, warmup=1, new_tokens=3, progress=False)
+    results = run(
+        tiny_llava, inputs, [Variant("uniform", 16)], repeats=2, warmup=1, new_tokens=3, progress=False
+    )
     assert hook_state(tiny_llava) == before and vlmc.active_handle(tiny_llava) is None
     full, uniform = results
-    assert full.method == "full" and full.visual_tokens == 144 and full.positions == inputs["input_ids"].shape[1]
+    assert (
+        full.method == "full" and full.visual_tokens == 144 and full.positions == inputs["input_ids"].shape[1]
+    )
     assert uniform.visual_tokens == 16 and uniform.positions == full.positions - 128
     assert len(full.samples) == len(uniform.samples) == 2
     assert uniform.kv_cache_mb < full.kv_cache_mb
@@ -83,8 +90,27 @@ def test_runner_rejects_bad_settings(tiny_llava):
 
 
 def test_bench_command_writes_markdown_json_and_csv(tmp_path, capsys):
-    code = main(["bench", "--model", "tiny", "--device", "cpu", "--methods", "uniform,pool", "--budgets", "36",
-                 "--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--out", str(tmp_path)])
+    code = main(
+        [
+            "bench",
+            "--model",
+            "tiny",
+            "--device",
+            "cpu",
+            "--methods",
+            "uniform,pool",
+            "--budgets",
+            "36",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--new-tokens",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| pool | 36 | 36 |" in printed and "| uniform | 36 | 36 |" in printed
@@ -101,7 +127,12 @@ def test_synthetic_llava_15_7b_has_the_real_widths():
     with torch.device("meta"):
         model = SYNTHETIC["llava-1.5-7b"](2, 24)
     text, vision = model.config.text_config, model.config.vision_config
-    assert (text.hidden_size, text.intermediate_size, text.num_attention_heads, text.num_hidden_layers) == (4096, 11008, 32, 2)
+    assert (text.hidden_size, text.intermediate_size, text.num_attention_heads, text.num_hidden_layers) == (
+        4096,
+        11008,
+        32,
+        2,
+    )
     assert (vision.image_size // vision.patch_size) ** 2 == 576 and vision.num_hidden_layers == 24
     inputs = tiny_inputs(model, [1], text_lengths=[35])
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 576

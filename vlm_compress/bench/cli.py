@@ -15,7 +15,9 @@ def _budget(text: str) -> int | float:
     try:
         return float(text) if "." in text else int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a budget is an int (tokens) or a fraction like 0.25, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"a budget is an int (tokens) or a fraction like 0.25, got {text!r}"
+        ) from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,28 +32,44 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
-        "--model", default=DEFAULT_MODEL,
+        "--model",
+        default=DEFAULT_MODEL,
         help=f"checkpoint: {DEFAULT_MODEL!r} (embedded model, default), 'tiny' (random smoke test), or an HF id/path",
     )
     source.add_argument(
-        "--synthetic", choices=sorted(SYNTHETIC),
+        "--synthetic",
+        choices=sorted(SYNTHETIC),
         help="random weights with the real widths of this model (see --layers)",
     )
-    parser.add_argument("--layers", type=int, default=2, help="decoder layers of a --synthetic model (default 2)")
     parser.add_argument(
-        "--vision-layers", type=int, default=24, help="vision-tower layers of a --synthetic model (default 24, the real count)"
+        "--layers", type=int, default=2, help="decoder layers of a --synthetic model (default 2)"
+    )
+    parser.add_argument(
+        "--vision-layers",
+        type=int,
+        default=24,
+        help="vision-tower layers of a --synthetic model (default 24, the real count)",
     )
     parser.add_argument("--methods", default="uniform", help="comma-separated method names (default uniform)")
     parser.add_argument("--budgets", default="64", help="comma-separated budgets: ints (tokens) or fractions")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    parser.add_argument("--repeats", type=int, default=5, help="measured rounds; figures are medians (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="discarded rounds first (default 1)")
-    parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated per generate call (default 16)")
     parser.add_argument(
-        "--text-tokens", type=int, default=35, help="text tokens around the image of a --synthetic prompt (default 35)"
+        "--repeats", type=int, default=5, help="measured rounds; figures are medians (default 5)"
     )
-    parser.add_argument("--question", default="What colour is the small shape?", help="question (real models)")
+    parser.add_argument("--warmup", type=int, default=1, help="discarded rounds first (default 1)")
+    parser.add_argument(
+        "--new-tokens", type=int, default=16, help="tokens generated per generate call (default 16)"
+    )
+    parser.add_argument(
+        "--text-tokens",
+        type=int,
+        default=35,
+        help="text tokens around the image of a --synthetic prompt (default 35)",
+    )
+    parser.add_argument(
+        "--question", default="What colour is the small shape?", help="question (real models)"
+    )
     parser.add_argument("--image", help="image file (default: a bundled example scene)")
     parser.add_argument("--out", help="folder for bench.md, bench.json and bench.csv")
     parser.set_defaults(func=main)
@@ -78,7 +96,9 @@ def main(args: argparse.Namespace) -> int:
         inputs = tiny_inputs(model, [1], text_lengths=[args.text_tokens])
         inputs = {k: v.to(device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        source = f"synthetic {args.synthetic} ({args.layers} decoder layers, {args.vision_layers} vision layers)"
+        source = (
+            f"synthetic {args.synthetic} ({args.layers} decoder layers, {args.vision_layers} vision layers)"
+        )
     else:
         model, processor = models.load(args.model, dtype=dtype, device=device)
         from PIL import Image

@@ -26,7 +26,9 @@ def language_model(model: nn.Module) -> nn.Module:
     inner = getattr(model, "model", model)
     found = getattr(inner, "language_model", None)
     if found is None:
-        raise ValueError(f"cannot find the language model of {type(model).__name__} (expected .model.language_model)")
+        raise ValueError(
+            f"cannot find the language model of {type(model).__name__} (expected .model.language_model)"
+        )
     return found
 
 
@@ -161,6 +163,8 @@ def prefill_flops(shape: DecoderShape, length: int, *, logits: int = 1) -> int:
     ``length * (length + 1) / 2``.
     """
     q_dim, kv_dim = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    per_token = 2 * (shape.hidden * q_dim * 2 + shape.hidden * kv_dim * 2 + 3 * shape.hidden * shape.intermediate)
+    per_token = 2 * (
+        shape.hidden * q_dim * 2 + shape.hidden * kv_dim * 2 + 3 * shape.hidden * shape.intermediate
+    )
     attention = 2 * 2 * q_dim * (length * (length + 1) // 2)
     return shape.layers * (per_token * length + attention) + 2 * shape.hidden * shape.vocab * logits

@@ -80,9 +80,7 @@ class ToyProcessor:
     def decode(self, ids: Any, skip_special_tokens: bool = True, **_: Any) -> str:
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
         special = {self.bos_token_id, self.pad_token_id, 2, self.image_token_id}
-        return "".join(
-            chr(32 + (i - 3) % 95) for i in ids if not (skip_special_tokens and i in special)
-        )
+        return "".join(chr(32 + (i - 3) % 95) for i in ids if not (skip_special_tokens and i in special))
 
     def batch_decode(self, sequences: Any, **kwargs: Any) -> list[str]:
         return [self.decode(row, **kwargs) for row in sequences]
@@ -185,7 +183,12 @@ SYNTHETIC = {"llava-1.5-7b": _llava_15_7b}
 
 
 def synthetic(
-    name: str, *, layers: int = 2, vision_layers: int = 24, dtype: torch.dtype = torch.float32, device: Any = "cpu",
+    name: str,
+    *,
+    layers: int = 2,
+    vision_layers: int = 24,
+    dtype: torch.dtype = torch.float32,
+    device: Any = "cpu",
     seed: int = 0,
 ):
     """A random-weight model with the real widths of ``name`` but ``layers`` decoder layers.
@@ -249,9 +252,17 @@ def prompt_inputs(processor: Any, image: Any, question: str, device: Any = "cpu"
 
 # (shape, colour, centre x, centre y, radius) as fractions of the side; small shapes make pruning matter
 _SCENES = [
-    [("circle", "red", 0.3, 0.3, 0.15), ("square", "blue", 0.7, 0.65, 0.12), ("triangle", "green", 0.8, 0.2, 0.05)],
+    [
+        ("circle", "red", 0.3, 0.3, 0.15),
+        ("square", "blue", 0.7, 0.65, 0.12),
+        ("triangle", "green", 0.8, 0.2, 0.05),
+    ],
     [("square", "yellow", 0.5, 0.5, 0.25), ("circle", "purple", 0.15, 0.85, 0.06)],
-    [("triangle", "orange", 0.25, 0.7, 0.18), ("circle", "cyan", 0.75, 0.3, 0.1), ("square", "red", 0.9, 0.9, 0.04)],
+    [
+        ("triangle", "orange", 0.25, 0.7, 0.18),
+        ("circle", "cyan", 0.75, 0.3, 0.1),
+        ("square", "red", 0.9, 0.9, 0.04),
+    ],
 ]
 
 

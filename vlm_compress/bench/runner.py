@@ -87,14 +87,14 @@ def _count_visual_tokens(inputs: dict[str, Any], model: nn.Module) -> int:
 
 
 @torch.inference_mode()
-def measure_once(
-    model: nn.Module, inputs: dict[str, Any], variant: Variant, *, new_tokens: int
-) -> Sample:
+def measure_once(model: nn.Module, inputs: dict[str, Any], variant: Variant, *, new_tokens: int) -> Sample:
     """Prefill (one ``forward`` with cache, last logits only) then ``generate`` of exactly ``new_tokens``."""
     import vlm_compress as vlmc
 
     device = next(model.parameters()).device
-    full_positions = int(inputs["attention_mask"][0].sum()) if "attention_mask" in inputs else inputs["input_ids"].shape[1]
+    full_positions = (
+        int(inputs["attention_mask"][0].sum()) if "attention_mask" in inputs else inputs["input_ids"].shape[1]
+    )
     visual = _count_visual_tokens(inputs, model)
     handle = None
     if variant.method != FULL:
@@ -186,7 +186,9 @@ def run(
 ) -> list[Result]:
     """Interleaved rounds (full, then each variant), ``warmup`` discarded; the full model's result comes first."""
     if repeats < 1 or warmup < 0 or new_tokens < 2:
-        raise ValueError(f"need repeats >= 1, warmup >= 0, new_tokens >= 2; got {repeats}, {warmup}, {new_tokens}")
+        raise ValueError(
+            f"need repeats >= 1, warmup >= 0, new_tokens >= 2; got {repeats}, {warmup}, {new_tokens}"
+        )
     order = [Variant(FULL), *[v for v in variants if v.method != FULL]]
     samples: dict[Variant, list[Sample]] = {v: [] for v in order}
     rounds = range(warmup + repeats)

@@ -147,7 +147,9 @@ class Demo:
     @staticmethod
     def method_choices() -> list[tuple[str, str]]:
         """``(label, name)`` for every registered method; the label carries its description."""
-        return [(f"{name} — {text}" if text else name, name) for name, text in vlmc.describe_methods().items()]
+        return [
+            (f"{name} — {text}" if text else name, name) for name, text in vlmc.describe_methods().items()
+        ]
 
     @staticmethod
     def default_params(method: str) -> str:
@@ -168,7 +170,9 @@ class Demo:
                 continue
             key, sep, value = chunk.partition("=")
             if not sep or not key.strip().isidentifier():
-                raise DemoInputError(f"Hyper-parameters are written key=value, separated by commas; got {chunk.strip()!r}.")
+                raise DemoInputError(
+                    f"Hyper-parameters are written key=value, separated by commas; got {chunk.strip()!r}."
+                )
             params[key.strip()] = _parse_value(value.strip())
         if "budget" in params:
             raise DemoInputError("Set the budget with the slider, not in the hyper-parameters.")
@@ -253,7 +257,9 @@ class Demo:
                 heatmap = viz.score_heatmap(view, record.grid, record.selection.scores)
         elif record is not None:
             notes.append("This model's tokens do not form one grid; no overlay is drawn.")
-        return Outcome(full=full, compressed=compressed, view=view, overlay=overlay, heatmap=heatmap, notes=notes)
+        return Outcome(
+            full=full, compressed=compressed, view=view, overlay=overlay, heatmap=heatmap, notes=notes
+        )
 
     def sweep_budgets(self, count: int = 6) -> list[int]:
         """``count`` budgets from ~3% of the tokens to all of them, roughly evenly spaced in log scale."""
@@ -261,7 +267,12 @@ class Demo:
         return sorted({int(round(v)) for v in values})
 
     def sweep(
-        self, image: Any, question: Any, method: str, params: str | None = "", budgets: list[int] | None = None
+        self,
+        image: Any,
+        question: Any,
+        method: str,
+        params: str | None = "",
+        budgets: list[int] | None = None,
     ) -> tuple[list[list[str]], Image.Image]:
         """Ask at several budgets: table rows ``[budget, answer, same as full?, prefill ms, speedup]`` and a plot."""
         image, _ = load_image(image, max_side=self.max_side)
@@ -273,7 +284,13 @@ class Demo:
             full = self._generate(inputs)
             answers = [self._compressed(inputs, method, b, hyper)[0] for b in budgets]
         rows = [
-            [str(b), a.text, "yes" if a.text == full.text else "no", f"{a.prefill_ms:.1f}", f"{full.prefill_ms / a.prefill_ms:.2f}"]
+            [
+                str(b),
+                a.text,
+                "yes" if a.text == full.text else "no",
+                f"{a.prefill_ms:.1f}",
+                f"{full.prefill_ms / a.prefill_ms:.2f}",
+            ]
             for b, a in zip(budgets, answers)
         ]
         return rows, _sweep_plot(budgets, answers, full, method)
@@ -298,8 +315,14 @@ def _sweep_plot(budgets: list[int], answers: list[Answer], full: Answer, method:
     axis.axhline(full.prefill_ms, color="grey", linestyle="--", label="full prefill")
     for b, a in zip(budgets, answers):
         same = a.text == full.text
-        axis.annotate("✓" if same else "✗", (b, a.prefill_ms), textcoords="offset points", xytext=(0, 6),
-                      ha="center", color="green" if same else "red")
+        axis.annotate(
+            "✓" if same else "✗",
+            (b, a.prefill_ms),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            color="green" if same else "red",
+        )
     axis.set_xscale("log")
     axis.set_xlabel("visual tokens kept")
     axis.set_ylabel("language-model prefill ms")

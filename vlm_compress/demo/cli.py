@@ -10,12 +10,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser("demo", help="serve a Gradio page comparing full and compressed answers")
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL,
+        "--model",
+        default=DEFAULT_MODEL,
         help=f"checkpoint: {DEFAULT_MODEL!r} (embedded model, default), 'tiny' (random weights), or an HF id/path",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--share", action="store_true", help="open a public Gradio share link (off by default)")
+    parser.add_argument(
+        "--share", action="store_true", help="open a public Gradio share link (off by default)"
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--max-new-tokens", type=int, default=12, help="answer length limit (default 12)")
