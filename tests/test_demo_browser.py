@@ -96,3 +96,16 @@ def test_a_non_image_file_gives_a_message_in_the_page(page, tmp_path):
     page.wait_for_function("() => document.querySelector('#status')?.innerText.includes('Cannot answer')")
     assert "not an image" in page.locator("#status").inner_text()
     assert page.locator("#compressed-answer textarea").input_value() == ""
+
+
+def test_budget_sweep_fills_the_table_and_the_plot(page, tmp_path):
+    image = tmp_path / "scene.png"
+    example_scenes()[0].save(image)
+    _upload(page, image)
+    page.locator("#sweep").click()
+    page.wait_for_function(
+        "() => document.querySelector('#status')?.innerText.includes('Sweep done')", timeout=90_000
+    )
+    page.wait_for_function("() => document.querySelector('#sweep-plot img')?.naturalWidth > 0")
+    table = page.locator("#sweep-table").inner_text()
+    assert "144" in table and "yes" in table  # the full budget reproduces the full answer
