@@ -146,3 +146,12 @@ def test_toy_processor_expands_the_image_marker(tiny_llava):
     assert int((inputs["input_ids"] == tiny_llava.config.image_token_id).sum()) == 144
     assert inputs["pixel_values"].shape == (1, 3, 96, 96)
     assert processor.decode(processor(text="ab")["input_ids"][0]) == "ab"
+
+
+def test_the_default_model_explains_what_to_do_when_it_is_missing(monkeypatch):
+    from vlm_compress import zoo
+    from vlm_compress.bench.models import load
+
+    monkeypatch.delattr(zoo, "load", raising=False)
+    with pytest.raises(RuntimeError, match="--model"):
+        load("shapes")

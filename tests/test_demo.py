@@ -152,3 +152,16 @@ def test_prefill_timing_does_not_leak_hooks(demo):
         with torch.inference_mode():
             demo.model(**demo._inputs(example_scenes()[1], "Q?"))
     assert len(timer.spans) == 1 and not demo.model.model.language_model._forward_hooks
+
+
+def test_concurrent_requests_are_served_one_at_a_time(demo, scene):
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = hook_state(demo.model)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [
+            pool.submit(demo.ask, scene, "What?", method, 16, "") for method in ("uniform", "pool", "random")
+        ]
+        outcomes = [f.result() for f in futures]
+    assert [o.compressed.visual_tokens for o in outcomes] == [16, 16, 16]
+    assert hook_state(demo.model) == before and vlmc.active_handle(demo.model) is None

@@ -219,7 +219,7 @@ COLUMNS = [
     ("prefill_ms", "prefill e2e ms", "{:.1f}"),
     ("generate_ms", "generate ms", "{:.1f}"),
     ("decode_tokens_per_s", "decode tok/s", "{:.1f}"),
-    ("peak_memory_mb", "peak MiB", "{:.1f}"),
+    ("peak_memory_mb", "prefill peak MiB", "{:.1f}"),
     ("kv_cache_mb", "KV MiB", "{:.2f}"),
     ("lm_gflops", "LM GFLOPs", "{:.2f}"),
 ]
