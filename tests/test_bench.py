@@ -75,10 +75,10 @@ def test_runner_measures_full_and_method_and_leaves_the_model_untouched(tiny_lla
     assert uniform.theoretical_speedup > 2
     assert uniform.fraction_of_limit == pytest.approx(uniform.prefill_speedup / uniform.theoretical_speedup)
     assert uniform.selection_ms > 0 and full.selection_ms == 0
-    assert full.decode_tokens_per_s > 0 and uniform.prefill_lm_ms > 0
+    assert full.decode_tokens_per_s > 0 and uniform.prefill_lm_ms > 0 and full.prefill_lm_spread >= 1
 
     table = to_markdown(results)
-    assert table.count("\n") == 3 and "| uniform | 16 | 16 |" in table
+    assert table.count("\n") == 3 and "| uniform | 16 | 16 |" in table and "max/min" in table
     assert to_csv(results).splitlines()[0].startswith("method,budget,")
     payload = json.loads(to_json(results, {"model": "tiny"}))
     assert payload["meta"]["model"] == "tiny" and len(payload["results"][1]["samples"]) == 2

@@ -124,6 +124,12 @@ def main(args: argparse.Namespace) -> int:
     table = runner.to_markdown(results)
     print(f"{source}, {args.dtype} on {meta['device']}; medians of {args.repeats} interleaved rounds")
     print(table)
+    noisy = runner.unsteady(results)
+    if noisy:
+        print(
+            f"warning: language-model prefill varied by more than 1.5x between rounds for {', '.join(noisy)} "
+            "(a busy machine?); treat the ratios as unreliable and re-run with more --repeats on an idle one"
+        )
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,7 @@ class Result:
     kv_cache_mb: float
     selection_ms: float
     lm_gflops: float
+    prefill_lm_spread: float = 1.0
     theoretical_speedup: float = 1.0
     prefill_speedup: float = 1.0
     fraction_of_limit: float = 1.0
@@ -159,6 +160,7 @@ def summarise(model: nn.Module, variant: Variant, samples: list[Sample]) -> Resu
         kv_cache_mb=_median(samples, "kv_cache_bytes") / 2**20,
         selection_ms=_median(samples, "selection_ms"),
         lm_gflops=prefill_flops(shape, positions) / 1e9,
+        prefill_lm_spread=max(s.prefill_lm_ms for s in samples) / min(s.prefill_lm_ms for s in samples),
         samples=samples,
     )
 
@@ -211,6 +213,7 @@ COLUMNS = [
     ("visual_tokens", "visual tokens", "{}"),
     ("positions", "LM positions", "{}"),
     ("prefill_lm_ms", "LM prefill ms", "{:.1f}"),
+    ("prefill_lm_spread", "max/min", "{:.2f}"),
     ("prefill_speedup", "prefill ×", "{:.2f}"),
     ("theoretical_speedup", "limit ×", "{:.2f}"),
     ("fraction_of_limit", "% of limit", "{:.0%}"),
@@ -223,6 +226,15 @@ COLUMNS = [
     ("kv_cache_mb", "KV MiB", "{:.2f}"),
     ("lm_gflops", "LM GFLOPs", "{:.2f}"),
 ]
+
+
+def unsteady(results: Sequence[Result], tolerance: float = 1.5) -> list[str]:
+    """Labels of the variants whose language-model prefill varied by more than ``tolerance`` between rounds."""
+    return [
+        FULL if r.method == FULL else f"{r.method}@{r.budget}"
+        for r in results
+        if r.prefill_lm_spread > tolerance
+    ]
 
 
 def _row(result: Result) -> dict[str, Any]:
