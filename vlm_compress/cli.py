@@ -16,6 +16,8 @@ SUBCOMMANDS = {
     "methods": "vlm_compress.cli",
     "run": "vlm_compress.run",
     "eval": "vlm_compress.eval.cli",
+    "demo": "vlm_compress.demo.cli",
+    "bench": "vlm_compress.bench.cli",
 }
 
 
