@@ -50,6 +50,8 @@ def shipped_model_available() -> bool:
 def load_model(spec: str | None, *, device: str = "cpu") -> tuple[Any, Any, str, str | None]:
     """``(model, processor, name, note)`` for ``spec``: ``None`` (the shipped model, else the tiny one),
     ``"shapes"``, ``"tiny"`` (random weights), or a HuggingFace id / local path of any supported model."""
+    from .bench.models import load
+
     note = None
     if spec is None:
         if shipped_model_available():
@@ -57,22 +59,9 @@ def load_model(spec: str | None, *, device: str = "cpu") -> tuple[Any, Any, str,
         else:
             spec = "tiny"
             note = "the trained default model is not installed; using a random-weight tiny LLaVA (answers are noise)"
-    if spec == "tiny":
-        from .zoo.synthetic import build_tiny, tiny_processor
-
-        model = build_tiny("llava", seed=0)
-        processor = tiny_processor(model)
-    elif spec == "shapes":
-        from . import zoo
-
-        model, processor = zoo.load("shapes")
-    else:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        processor = AutoProcessor.from_pretrained(spec)
-        model = AutoModelForImageTextToText.from_pretrained(spec, dtype=dtype, attn_implementation="sdpa")
-    return model.to(device).eval(), processor, spec, note
+    dtype = torch.float16 if device.startswith("cuda") and spec not in ("tiny", "shapes") else torch.float32
+    model, processor = load(spec, dtype=dtype, device=device)
+    return model, processor, spec, note
 
 
 def default_sample() -> tuple[Image.Image, str, str | None, str]:
@@ -82,30 +71,9 @@ def default_sample() -> tuple[Image.Image, str, str | None, str]:
         meta = json.loads(metas[0].read_text())
         path = metas[0].with_name(meta.get("image", metas[0].stem + ".png"))
         return Image.open(path).convert("RGB"), meta["question"], meta.get("answer"), str(path)
-    return _fallback_scene(), "What is in the image?", None, "generated scene"
+    from .bench.models import example_scenes
 
-
-def _fallback_scene(size: int = 336) -> Image.Image:
-    """A small drawn scene (used only when the bundled samples are missing)."""
-    from PIL import ImageDraw
-
-    image = Image.new("RGB", (size, size), (40, 40, 48))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((40, 50, 140, 150), fill=(220, 30, 30))
-    draw.rectangle((200, 190, 290, 280), fill=(40, 90, 235))
-    draw.polygon([(250, 40), (300, 130), (200, 130)], fill=(240, 220, 40))
-    return image
-
-
-def build_inputs(processor: Any, image: Image.Image, question: str, device: str) -> dict[str, torch.Tensor]:
-    """The processor's chat template around one image and the question, as model inputs."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    if getattr(processor, "chat_template", None):
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    else:
-        prompt = f"USER: <image>\n{question} ASSISTANT:"
-    inputs = processor(images=image, text=prompt, return_tensors="pt")
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return example_scenes()[0], "What is in the image?", None, "generated scene"
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -148,8 +116,9 @@ def run_job(
     from tqdm.auto import tqdm
 
     from . import compress
+    from .bench.models import prompt_inputs
 
-    inputs = build_inputs(processor, image, question, device)
+    inputs = prompt_inputs(processor, image, question, device=device)
     rows = {"full": Row(method="full")}
     records: dict[str, Any] = {}
     with torch.no_grad():
