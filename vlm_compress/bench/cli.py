@@ -78,7 +78,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from ..zoo.synthetic import tiny_inputs
     from . import models, runner
 
     dtype = models.resolve_dtype(args.dtype)
@@ -93,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
         model = models.synthetic(
             args.synthetic, layers=args.layers, vision_layers=args.vision_layers, dtype=dtype, device=device
         )
-        inputs = tiny_inputs(model, [1], text_lengths=[args.text_tokens])
+        inputs = models.synthetic_inputs(model, args.text_tokens)
         inputs = {k: v.to(device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         source = (

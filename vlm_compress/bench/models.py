@@ -179,7 +179,60 @@ def _llava_15_7b(layers: int, vision_layers: int):
     return LlavaForConditionalGeneration(config)
 
 
-SYNTHETIC = {"llava-1.5-7b": _llava_15_7b}
+def _llava_next_7b(layers: int, vision_layers: int):
+    """LLaVA-NeXT (Vicuna-7B): CLIP-L/336 with AnyRes pinpoints up to 672x672 (2,880 visual tokens)."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    from ..zoo.synthetic import TINY_IMAGE_TOKEN_ID
+
+    config = LlavaNextConfig(
+        vision_config=_clip_vit_l_336(vision_layers),
+        text_config=_llama_text_config(num_hidden_layers=layers),
+        image_token_id=TINY_IMAGE_TOKEN_ID,  # the id the tiny processors use for <image>
+        image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    return LlavaNextForConditionalGeneration(config)
+
+
+def _qwen2_vl_7b(layers: int, vision_layers: int):
+    """Qwen2-VL-7B: 32-block ViT (1280 wide, 14-px patches, 2x2 merger), Qwen2-7B text with M-RoPE."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from ..zoo.synthetic import TINY_IMAGE_TOKEN_ID, TINY_QWEN_TOKENS
+
+    config = Qwen2VLConfig(
+        vision_config=dict(
+            depth=vision_layers, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+        ),
+        text_config=dict(
+            hidden_size=3584, intermediate_size=18944, num_hidden_layers=layers, num_attention_heads=28,
+            num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, pad_token_id=0,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        ),
+        image_token_id=TINY_IMAGE_TOKEN_ID,
+        **TINY_QWEN_TOKENS,
+    )
+    return Qwen2VLForConditionalGeneration(config)
+
+
+SYNTHETIC = {"llava-1.5-7b": _llava_15_7b, "llava-next-7b": _llava_next_7b, "qwen2-vl-7b": _qwen2_vl_7b}
+#: patch grid of the synthetic Qwen2-VL image: 448x448 px -> 32x32 patches -> 256 visual tokens
+QWEN_SYNTHETIC_GRID = (1, 32, 32)
+
+
+def synthetic_inputs(model, text_tokens: int = 40) -> dict[str, torch.Tensor]:
+    """One prompt with one image of a realistic size for a :func:`synthetic` model (576 tokens for LLaVA-1.5,
+    a 672x672-class AnyRes image for LLaVA-NeXT, 256 merged tokens for Qwen2-VL)."""
+    from ..zoo import synthetic as tiny
+
+    if model.config.model_type == "qwen2_vl":
+        return tiny.qwen_inputs(model, [1], text_lengths=[text_tokens], grids=(QWEN_SYNTHETIC_GRID,))
+    # seed 3 picks the square image of TINY_NEXT_IMAGE_SIZES: the 672x672 pinpoint, 2x2 crops (2,880 tokens)
+    seed = 3 if model.config.model_type == "llava_next" else 0
+    return tiny.tiny_inputs(model, [1], text_lengths=[text_tokens], seed=seed)
 
 
 def synthetic(

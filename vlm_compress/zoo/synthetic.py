@@ -190,37 +190,38 @@ def _inputs_qwen(
     text_lengths: list[int] | None = None,
     padding_side: str = "left",
     seed: int = 0,
+    grids: tuple[tuple[int, int, int], ...] = TINY_QWEN_GRIDS,
 ) -> dict[str, torch.Tensor]:
     """Each row ``BOS, text, (<vision_start>, <image_pad> x t*h*w/4, <vision_end>, text) per image`` with the
-    image grids cycling through :data:`TINY_QWEN_GRIDS`; ``pixel_values`` are flattened patches
+    image grids cycling through ``grids`` (default :data:`TINY_QWEN_GRIDS`); ``pixel_values`` are flattened patches
     ``[sum(t*h*w), C * temporal * patch^2]`` as the Qwen2-VL image processor returns them, plus
     ``image_grid_thw`` and ``mm_token_type_ids``."""
     generator = torch.Generator().manual_seed(seed)
     vision = model.config.vision_config
     unit = vision.spatial_merge_size**2
     text_lengths = text_lengths or [3 + 2 * i for i in range(len(images_per_row))]
-    rows, grids = [], []
+    rows, used = [], []
     for count, text_length in zip(images_per_row, text_lengths):
         words = torch.randint(3, TINY_VOCAB - 10, (text_length + 2 * max(count, 1),), generator=generator).tolist()
         row = [1] + words[:text_length]
         for i in range(count):
-            grid = TINY_QWEN_GRIDS[len(grids) % len(TINY_QWEN_GRIDS)]
-            grids.append(grid)
+            grid = grids[len(used) % len(grids)]
+            used.append(grid)
             tokens = grid[0] * grid[1] * grid[2] // unit
             row += [TINY_QWEN_TOKENS["vision_start_token_id"]] + [TINY_IMAGE_TOKEN_ID] * tokens
             row += [TINY_QWEN_TOKENS["vision_end_token_id"]] + words[text_length + 2 * i : text_length + 2 * i + 2]
         rows.append(row)
     ids, mask = _pad_rows(rows, padding_side)
     patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
-    patches = sum(t * h * w for t, h, w in grids)
+    patches = sum(t * h * w for t, h, w in used)
     out = {
         "input_ids": ids,
         "attention_mask": mask,
         "mm_token_type_ids": (ids == TINY_IMAGE_TOKEN_ID).int(),
     }
-    if grids:
+    if used:
         out["pixel_values"] = torch.randn(patches, patch_dim, generator=generator)
-        out["image_grid_thw"] = torch.tensor(grids)
+        out["image_grid_thw"] = torch.tensor(used)
     return out
 
 
@@ -285,6 +286,8 @@ def _inputs_llava_next(
         inputs["image_sizes"] = out["image_sizes"]
     return inputs
 
+
+qwen_inputs = _inputs_qwen  # public: also takes ``grids`` (real resolutions for the synthetic 7B shapes)
 
 #: model_type -> input builder with :func:`tiny_inputs`' signature
 INPUTS: dict[str, Any] = {
