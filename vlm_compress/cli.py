@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # subcommand name -> module exposing add_parser(subparsers)
 SUBCOMMANDS = {
     "methods": "vlm_compress.cli",
+    "zoo": "vlm_compress.zoo.cli",
 }
 
 
