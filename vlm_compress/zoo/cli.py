@@ -42,17 +42,12 @@ def _eval(args: argparse.Namespace) -> int:
         model = LlavaForConditionalGeneration.from_pretrained(args.model).eval()
         processor = AutoProcessor.from_pretrained(args.model)
     samples = shapes.load_split(args.split, args.num_samples)
-    rows = []
-    methods = args.method or [None]
-    for method in methods:
+    for method in args.method or ["full"]:
+        method = None if method == "full" else method
         kwargs = {} if method is None else {"budget": args.budget}
-        accuracy = evaluate(model, processor, samples, method=method, batch_size=args.batch_size, **kwargs)[
-            "accuracy"
-        ]
-        rows.append(
-            {"method": method or "full", "budget": None if method is None else args.budget, **accuracy}
-        )
-        print(json.dumps(rows[-1]), flush=True)
+        accuracy = evaluate(model, processor, samples, method=method, batch_size=args.batch_size, **kwargs)
+        row = {"method": method or "full", "budget": args.budget if method else None, **accuracy["accuracy"]}
+        print(json.dumps(row), flush=True)
     return 0
 
 
@@ -85,7 +80,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--model", help="checkpoint directory (default: the shipped shapes model)")
     evaluate.add_argument("--split", default="test", choices=("val", "test"))
     evaluate.add_argument("-n", "--num-samples", type=int, dest="num_samples")
-    evaluate.add_argument("--method", action="append", help="compression method (repeatable); omit for full")
+    evaluate.add_argument(
+        "--method", action="append", help="compression method, or full (repeatable; default: full)"
+    )
     evaluate.add_argument("--budget", type=int, default=64, help="visual tokens kept by --method")
     evaluate.add_argument("--batch-size", type=int, default=25, dest="batch_size")
     evaluate.add_argument("--threads", type=int, default=2)

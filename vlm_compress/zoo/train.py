@@ -36,7 +36,7 @@ class TrainConfig:
     """Hyper-parameters of a training run (the defaults reproduce the shipped checkpoint)."""
 
     seed: int = 0
-    steps: int = 320
+    steps: int = 200
     images_per_step: int = 8
     questions_per_image: int = 12
     learning_rate: float = 3e-3
