@@ -200,7 +200,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
             )
             logger.info("step %d loss %.3f val %s", done, running, json.dumps(accuracy))
             progress.write(f"step {done} loss {running:.3f} val {json.dumps(accuracy)}")
-            if accuracy["overall"] > best_accuracy:
+            if accuracy["overall"] >= best_accuracy:  # ties: keep the later, longer-trained model
                 best_accuracy = accuracy["overall"]
                 model.save_pretrained(out_dir / "model")
                 processor.save_pretrained(out_dir / "model")
