@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton reads this once, at import: without a GPU its kernels run (slowly) in the interpreter on CPU tensors
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from vlm_compress.zoo.synthetic import word_tokenizer  # noqa: F401  (re-exported for the tests)
+
 
 def hook_state(model: torch.nn.Module) -> dict[str, tuple]:
     """Every hook dict of every submodule, and the instance attributes that could shadow methods."""
@@ -24,18 +26,22 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 
 
 class LayerLengths:
-    """Records the sequence length every decoder layer receives: ``calls[i][layer]``. Use as a context manager."""
+    """Records the sequence length every decoder layer processes: ``calls[i][layer]``. Use as a context manager.
+
+    It hooks each layer's ``input_layernorm``, so it sees the hidden states after any pre-hook of the layer
+    itself (the in-LLM pruner's) has rewritten them.
+    """
 
     def __init__(self, model: torch.nn.Module):
         self.calls: list[list[int]] = []
         self.handles = [
-            layer.register_forward_pre_hook(self._hook(i), with_kwargs=True)
+            layer.input_layernorm.register_forward_pre_hook(self._hook(i))
             for i, layer in enumerate(decoder_layers(model))
         ]
 
     def _hook(self, index: int):
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
+        def hook(module, args):
+            hidden = args[0]
             if index == 0:
                 self.calls.append([])
             self.calls[-1].append(hidden.shape[1])
@@ -48,3 +54,11 @@ class LayerLengths:
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def expand_images(input_ids: torch.Tensor, image_token_id: int, tokens_per_image: int) -> torch.Tensor:
+    """``[1, L]`` ids with one ``<image>`` per image -> each ``<image>`` repeated ``tokens_per_image`` times."""
+    out = []
+    for token in input_ids[0].tolist():
+        out += [token] * (tokens_per_image if token == image_token_id else 1)
+    return torch.tensor([out])

@@ -93,7 +93,7 @@ def test_unsupported_attention_implementation(model):
 def test_pixel_values_that_do_not_match_the_image_tokens(model):
     inputs = tiny_inputs(model, [1])
     inputs["pixel_values"] = torch.cat([inputs["pixel_values"]] * 2)
-    with pytest.raises(vlmc.InputMismatchError, match="2 x 144 = 288 visual tokens but the prompt holds 144"):
+    with pytest.raises(vlmc.InputMismatchError, match=r"2 image\(s\) give 288 visual tokens \(144\+144\) but the prompt holds 144"):
         with vlmc.compress(model, "uniform", budget=8):
             model(**inputs)
 

@@ -12,7 +12,7 @@ import importlib
 from typing import Any
 
 from . import functional, methods
-from .context import TokenRegion, VisualContext
+from .context import LayerContext, TokenRegion, VisualContext
 from .errors import (
     AlreadyPatchedError,
     BudgetError,
@@ -36,6 +36,7 @@ __all__ = [
     "CompressionHandle",
     "InputMismatchError",
     "InvalidFeaturesError",
+    "LayerContext",
     "Method",
     "MissingSignalError",
     "Report",
@@ -50,6 +51,7 @@ __all__ = [
     "describe_methods",
     "functional",
     "get_method",
+    "insert_tap",
     "list_adapters",
     "list_methods",
     "methods",
@@ -63,4 +65,6 @@ def __getattr__(name: str) -> Any:
     # heavy optional parts load on first use
     if name in ("zoo", "eval", "bench", "viz", "kernels", "nn"):
         return importlib.import_module(f".{name}", __name__)
+    if name == "insert_tap":
+        return importlib.import_module(".adapters.vit_tap", __name__).insert_tap
     raise AttributeError(f"module 'vlm_compress' has no attribute {name!r}")

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 # subcommand name -> module exposing add_parser(subparsers)
 SUBCOMMANDS = {
     "methods": "vlm_compress.cli",
+    "run": "vlm_compress.run",
+    "eval": "vlm_compress.eval.cli",
     "zoo": "vlm_compress.zoo.cli",
 }
 

@@ -9,6 +9,8 @@ few *signals* that are computed lazily, the first time a method reads them, and 
 ``text_embeds``        ``[T, D]`` the prompt's text tokens (not image, not padding) in the LM embedding space
 ``text_ids``           ``[T]`` their ids
 ``prompt_text``        the prompt's text (needs a tokenizer: ``vlmc.compress(..., processor=...)``)
+``question``           the text after the image in its prompt, chat-template role markers removed (tokenizer)
+``text_embedder``      ``str -> [m, D]``: words tokenised without special tokens, LM input embeddings (tokenizer)
 =====================  ==========================================================================================
 """
 
@@ -22,7 +24,15 @@ import torch
 
 from .errors import MissingSignalError
 
-SIGNALS = ("vision_features", "cls_attention", "text_embeds", "text_ids", "prompt_text")
+SIGNALS = (
+    "vision_features",
+    "cls_attention",
+    "text_embeds",
+    "text_ids",
+    "prompt_text",
+    "question",
+    "text_embedder",
+)
 
 
 class _LazySignals:
@@ -123,3 +133,42 @@ class VisualContext:
     @property
     def prompt_text(self) -> str:
         return self.signals.get("prompt_text")
+
+
+@dataclass
+class LayerContext:
+    """What a stage-2 method sees inside the language model, just before decoder layer ``layer`` runs.
+
+    All per-column tensors are ``[B, L]`` over the sequence as it is at that layer (earlier prunes applied).
+
+    Attributes:
+        layer: index of the decoder layer that will run on the pruned sequence.
+        num_layers: depth of the language model.
+        hidden_states: ``[B, L, D]`` input of ``layer``.
+        attention: ``[B, L]`` head-averaged attention that the query token (the prompt's last token) gives every
+            column at layer ``layer - 1``, recomputed from that layer's queries and keys (rows sum to 1 over the
+            valid columns up to the query).
+        visual: ``[B, L]`` bool, columns holding visual tokens.
+        image_of: ``[B, L]`` long, image index of each visual column (``-1`` elsewhere).
+        valid: ``[B, L]`` bool, real (non-padding) columns.
+        tokens_before: per image, its visual tokens before any compression (``N``).
+    """
+
+    layer: int
+    num_layers: int
+    hidden_states: torch.Tensor
+    attention: torch.Tensor
+    visual: torch.Tensor
+    image_of: torch.Tensor
+    valid: torch.Tensor
+    tokens_before: list[int]
+
+    def image_columns(self, row: int, image: int) -> torch.Tensor:
+        """Columns of ``row`` that hold tokens of ``image`` (ascending)."""
+        return torch.nonzero(self.image_of[row] == image).flatten()
+
+    def images(self) -> list[tuple[int, int]]:
+        """``(row, image)`` pairs present at this layer."""
+        pairs = torch.nonzero(self.image_of >= 0)
+        seen = {(int(b), int(self.image_of[b, c])) for b, c in pairs}
+        return sorted(seen, key=lambda pair: pair[1])

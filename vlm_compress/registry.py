@@ -18,11 +18,19 @@ _METHODS: dict[str, str] = {
     "pool": "vlm_compress.methods.pool:Pool",
     "cls_attention": "vlm_compress.methods.cls_attention:ClsAttention",
     "tome": "vlm_compress.methods.tome:ToMe",
+    "fastv": "vlm_compress.methods.fastv:FastV",
+    "todre": "vlm_compress.methods.todre:ToDRE",
+    "mmtok": "vlm_compress.methods.mmtok:MMTok",
+    "globalcom2": "vlm_compress.methods.globalcom2:GlobalCom2",
+    "tap": "vlm_compress.methods.tap:TAP",
 }
 
 # model_type -> "module:Class"
 _ADAPTERS: dict[str, str] = {
     "llava": "vlm_compress.adapters.llava:LlavaAdapter",
+    "llava_next": "vlm_compress.adapters.llava_next:LlavaNextAdapter",
+    "qwen2_vl": "vlm_compress.adapters.qwen2_vl:Qwen2VLAdapter",
+    "qwen2_5_vl": "vlm_compress.adapters.qwen2_vl:Qwen2VLAdapter",
 }
 
 

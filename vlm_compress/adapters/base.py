@@ -33,6 +33,7 @@ from torch import nn
 from ..context import VisualContext
 from ..errors import InputMismatchError, InvalidFeaturesError, UnsupportedModelError
 from ..selection import CallRecord, ImageRecord, Selection
+from .llm_pruning import LanguageModelPruner, PassInfo
 
 if TYPE_CHECKING:
     from ..patching import CompressionHandle
@@ -64,6 +65,14 @@ class SequencePlan:
     features: list[torch.Tensor]
     unchanged: bool
     padding_side: str
+    image_of: torch.Tensor  # [B, L'] image index of every visual column, -1 elsewhere
+    tokens_before: list[int]  # visual tokens of every image before compression
+    call_index: int = -1
+
+    def query_columns(self) -> torch.Tensor:
+        """``[B]`` column of each row's last real token (the prompt's last token)."""
+        width = self.attention_mask.shape[1]
+        return width - 1 - torch.argmax(self.attention_mask.flip(dims=[1]).long(), dim=1)
 
 
 @dataclass
@@ -73,7 +82,7 @@ class _CacheState:
     original_length: int
     new_length: int
     attention_mask: torch.Tensor
-    position_offset: int
+    position_offset: int | torch.Tensor  # added to a cache index to get a position; a tensor is per row [B, 1]
 
 
 def gather_columns(
@@ -133,6 +142,7 @@ class Adapter:
         self._caches: weakref.WeakKeyDictionary[Any, _CacheState] = weakref.WeakKeyDictionary()
         self._generating = 0
         self._generate_needs_mask = False
+        self.pruner: LanguageModelPruner | None = None
 
     # ------------------------------------------------------------------ subclass API
     def available_signals(self) -> set[str]:
@@ -168,10 +178,37 @@ class Adapter:
         return (torch.arange(length, device=ref.device) + offset).unsqueeze(0).expand(batch, length)
 
     # ------------------------------------------------------------------ install / wrappers
+    @property
+    def language_model(self) -> nn.Module:
+        """The decoder stack (a ``*Model`` with ``.layers``) that receives the multimodal sequence."""
+        return self.model.model.language_model
+
     def install(self) -> None:
-        self.check_method(self.handle.method)
+        method = self.handle.method
+        self.check_method(method)
+        language_model = self.language_model
+        if method.prune_layers(len(language_model.layers)):
+            self.pruner = LanguageModelPruner(self.handle, language_model, method, language_model.config)
         self.handle.set_attr(self.model, "forward", self._make_forward())
         self.handle.set_attr(self.model, "generate", self._make_generate())
+
+    @contextmanager
+    def _pruning(self, plan: SequencePlan) -> Iterator[None]:
+        """Tell the in-LLM pruner (if any) which columns of the coming passes hold which image."""
+        if self.pruner is None:
+            yield
+            return
+        self.pruner.pending = PassInfo(
+            image_of=plan.image_of,
+            query_column=plan.query_columns(),
+            tokens_before=plan.tokens_before,
+            padding_side=plan.padding_side,
+            call_index=plan.call_index,
+        )
+        try:
+            yield
+        finally:
+            self.pruner.pending = None
 
     def check_method(self, method: Any) -> None:
         missing = [s for s in getattr(method, "requires", ()) if s not in self.available_signals()]
@@ -191,8 +228,9 @@ class Adapter:
             if not self.has_images(call):
                 return orig(**self._continue_decoding(call))
             new_call, plan = self.compress_call(call, "forward")
-            output = orig(**new_call)
-            self._remember_cache(output, call, plan)
+            with self._pruning(plan):
+                output = orig(**new_call)
+            self._remember_cache(output, call, plan, new_call.get("position_ids"))
             return output
 
         return forward
@@ -215,7 +253,7 @@ class Adapter:
             if call.get("attention_mask") is None and original_ids is not None:
                 call["attention_mask"] = self._generation_attention_mask(original_ids, call)
             new_call, plan = self.compress_call(call, "generate")
-            with self._generation(needs_mask=not plan.unchanged):
+            with self._generation(needs_mask=not plan.unchanged), self._pruning(plan):
                 output = orig(**new_call)
             if original_ids is None:
                 return output
@@ -291,8 +329,11 @@ class Adapter:
         query_length = ref.shape[1]
         cache_length = cache.get_seq_length()
         if call.get("position_ids") is None:
-            positions = torch.arange(query_length, device=ref.device) + cache_length + state.position_offset
-            call["position_ids"] = positions.unsqueeze(0).expand(ref.shape[0], -1)
+            positions = torch.arange(query_length, device=ref.device) + cache_length
+            offset = state.position_offset
+            if isinstance(offset, torch.Tensor):
+                offset = offset.to(ref.device).repeat_interleave(ref.shape[0] // offset.shape[0], dim=0)
+            call["position_ids"] = (positions.unsqueeze(0) + offset).expand(ref.shape[0], -1)
         mask = call.get("attention_mask")
         generated = cache_length - state.new_length
         if mask is not None and mask.shape[1] == state.original_length + generated + query_length:
@@ -301,15 +342,26 @@ class Adapter:
             )
         return call
 
-    def _remember_cache(self, output: Any, call: dict[str, Any], plan: SequencePlan) -> None:
+    def _remember_cache(
+        self, output: Any, call: dict[str, Any], plan: SequencePlan, positions: torch.Tensor | None
+    ) -> None:
         cache = getattr(output, "past_key_values", None)
         if cache is None or plan.unchanged:
             return
         original_length = self._call_length(call)
         new_length = plan.columns.shape[1]
-        offset = 0 if self.handle.position_ids == "contiguous" else original_length - new_length
+        offset = self.decode_offset(call, plan, positions)
         with suppress(TypeError):
             self._caches[cache] = _CacheState(original_length, new_length, plan.attention_mask, offset)
+
+    def decode_offset(
+        self, call: dict[str, Any], plan: SequencePlan, positions: torch.Tensor | None
+    ) -> int | torch.Tensor:
+        """What a manual decode loop adds to a cache index to get the next position after a compressed prefill:
+        the original numbering continues (``0`` when positions were renumbered contiguously)."""
+        if self.handle.position_ids == "contiguous":
+            return 0
+        return self._call_length(call) - plan.columns.shape[1]
 
     @staticmethod
     def _call_length(call: dict[str, Any]) -> int:
@@ -332,6 +384,7 @@ class Adapter:
         call_index = len(self.handle.report.calls)
         self._select(slots, call_index)
         plan = self.plan(slots, call.get("attention_mask"), batch, length, ref.device)
+        plan.call_index = call_index
         new_call = dict(call)
         if not plan.unchanged:
             self._rewrite(new_call, plan, mode)
@@ -412,6 +465,7 @@ class Adapter:
     ) -> SequencePlan:
         """Per row: text columns (padding removed) with each image's block replaced by its kept columns."""
         features = []
+        kept_columns = []
         unchanged = True
         for slot in slots:
             selection = slot.selection
@@ -423,34 +477,38 @@ class Adapter:
                 or bool((kept.cpu() != torch.arange(n)).any())
             ):
                 unchanged = False
-            features.append(
-                selection.features if selection.features is not None else slot.context.features[kept]
-            )
+            columns, kept_features = self.kept_layout(slot)
+            kept_columns.append(columns)
+            features.append(kept_features)
         full_mask = (
             attention_mask.bool().to(device)
             if attention_mask is not None
             else torch.ones(batch, length, dtype=torch.bool, device=device)
         )
+        image_of = torch.full((batch, length), -1, dtype=torch.long, device=device)
+        for slot in slots:
+            image_of[slot.row, slot.columns.to(device)] = slot.context.image_index
+        tokens_before = [slot.context.num_tokens for slot in slots]
         if unchanged:
             columns = torch.arange(length, device=device).expand(batch, length)
-            return SequencePlan(columns, full_mask.long(), features, True, "left")
+            return SequencePlan(columns, full_mask.long(), features, True, "left", image_of, tokens_before)
         right_padded = (
             attention_mask is not None and bool((~full_mask[:, -1]).any()) and bool(full_mask[:, 0].all())
         )
         side = "right" if right_padded else "left"
         rows = []
         for b in range(batch):
-            row_slots = [s for s in slots if s.row == b]
+            row_slots = [(s, c) for s, c in zip(slots, kept_columns) if s.row == b]
             is_image = torch.zeros(length, dtype=torch.bool, device=device)
-            for s in row_slots:
+            for s, _ in row_slots:
                 is_image[s.columns.to(device)] = True
             text = torch.nonzero(full_mask[b] & ~is_image).flatten()
             keys = [text]
             pieces = [text]
-            for s in row_slots:
-                kept_columns = s.columns.to(device)[s.selection.kept_indices.to(device)]
-                pieces.append(kept_columns)
-                keys.append(torch.full_like(kept_columns, s.start))
+            for s, slot_columns in row_slots:
+                slot_columns = slot_columns.to(device)
+                pieces.append(slot_columns)
+                keys.append(torch.full_like(slot_columns, s.start))
             key = torch.cat(keys)
             order = torch.sort(key, stable=True).indices
             rows.append(torch.cat(pieces)[order])
@@ -462,7 +520,19 @@ class Adapter:
             else:
                 columns[b, : row.numel()] = row
         new_mask = gather_columns(full_mask.long(), columns, 0)
-        return SequencePlan(columns, new_mask, features, False, side)
+        new_image_of = gather_columns(image_of, columns, -1)
+        return SequencePlan(columns, new_mask, features, False, side, new_image_of, tokens_before)
+
+    def kept_layout(self, slot: ImageSlot) -> tuple[torch.Tensor, torch.Tensor]:
+        """The columns an image keeps (in sequence order) and the features placed there (``[K', D]``).
+
+        Default: the selection's kept tokens in the selection's order. Adapters whose placeholder block holds
+        more than the method's tokens (LLaVA-NeXT's row newlines) override this.
+        """
+        selection = slot.selection
+        kept = selection.kept_indices
+        features = selection.features if selection.features is not None else slot.context.features[kept]
+        return slot.columns[kept.to(slot.columns.device)], features
 
     def _pad_token_id(self) -> int:
         candidates = [

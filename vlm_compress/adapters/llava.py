@@ -15,8 +15,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..context import VisualContext, _LazySignals
 from ..errors import InputMismatchError
-from . import vision_towers
+from . import text_signals, vision_towers
 from .base import Adapter, ImageSlot
+from .vit_tap import recorded_scale_weights
 
 
 def assign_image_slots(
@@ -31,8 +32,8 @@ def assign_image_slots(
     total_tokens, total_needed = int(is_image.sum()), sum(tokens_per_image)
     if total_tokens != total_needed:
         raise InputMismatchError(
-            f"the images give {len(tokens_per_image)} x {tokens_per_image[0] if tokens_per_image else 0} = "
-            f"{total_needed} visual tokens but the prompt holds {total_tokens} {placeholder} placeholder tokens; "
+            f"the {len(tokens_per_image)} image(s) give {total_needed} visual tokens ({'+'.join(map(str, tokens_per_image))}) "
+            f"but the prompt holds {total_tokens} {placeholder} placeholder tokens; "
             "build inputs with the model's processor (one image per <image> in the text)"
         )
     slots, row, used = [], 0, 0
@@ -58,11 +59,9 @@ class LlavaAdapter(Adapter):
         self.image_token_id = self.config.image_token_id
 
     def available_signals(self) -> set[str]:
-        signals = {"vision_features", "text_embeds", "text_ids"}
+        signals = {"vision_features"} | text_signals.available(self.handle)
         if vision_towers.has_cls_token(self.vision_tower):
             signals.add("cls_attention")
-        if self.handle.tokenizer is not None:
-            signals.add("prompt_text")
         return signals
 
     def image_token_mask(self, input_ids, inputs_embeds):
@@ -107,7 +106,7 @@ class LlavaAdapter(Adapter):
                 grid=self.grid_for(feats.shape[0]),
                 image_index=i,
                 row=row,
-                signals=_LazySignals(signals.providers(i, row, is_image), owner=f"image {i}"),
+                signals=_LazySignals(signals.providers(i, row, columns, is_image), owner=f"image {i}"),
             )
             slots.append(ImageSlot(row=row, columns=columns, context=context))
         return slots
@@ -116,30 +115,28 @@ class LlavaAdapter(Adapter):
         call["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
 
 
-class ImageSignals:
+class ImageSignals(text_signals.PromptSignals):
     """Lazy signals of the images of one call; batched across images and computed at most once."""
 
     def __init__(self, adapter: Adapter, call: dict[str, Any], hidden_states, feature_layer, strategy: str):
-        self.adapter = adapter
-        self.call = {k: call.get(k) for k in ("input_ids", "inputs_embeds", "attention_mask")}
+        super().__init__(adapter, call)
         self.hidden_states = hidden_states
         self.feature_layers = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
         self.drop_cls = strategy == "default"
         self._cls: torch.Tensor | None = None
 
-    def providers(self, image: int, row: int, is_image: torch.Tensor) -> dict[str, Any]:
+    def providers(self, image: int, row: int, columns: torch.Tensor, is_image: torch.Tensor) -> dict[str, Any]:
         providers = {
             "vision_features": lambda: self.vision_features(image),
             "cls_attention": lambda: self.cls_attention()[image],
-            "text_embeds": lambda: self.text_embeds(row, is_image),
+            **self.text_providers(row, columns, is_image),
         }
-        if self.call["input_ids"] is not None:
-            providers["text_ids"] = lambda: self.text_ids(row, is_image)
-        tokenizer = self.adapter.handle.tokenizer
-        if tokenizer is not None and self.call["input_ids"] is not None:
-            providers["prompt_text"] = lambda: tokenizer.decode(
-                self.text_ids(row, is_image), skip_special_tokens=True
-            )
+        # scale weights of TAP modules inserted into the tower (vlmc.insert_tap), for the ``tap`` compressor
+        weights = recorded_scale_weights(self.adapter.vision_tower)
+        patches = self.hidden_states[0].shape[1] - self._start()
+        if weights is not None and weights.shape[0] > image and weights.shape[1] in (patches, patches + 1):
+            offset = weights.shape[1] - patches
+            providers["tap_scale_weights"] = lambda: weights[image, offset:]
         return providers
 
     def _start(self) -> int:
@@ -156,20 +153,3 @@ class ImageSignals:
                 :, self._start() :
             ]
         return self._cls
-
-    def _text_columns(self, row: int, is_image: torch.Tensor) -> torch.Tensor:
-        keep = ~is_image[row]
-        mask = self.call["attention_mask"]
-        if mask is not None:
-            keep &= mask[row].bool()
-        return torch.nonzero(keep).flatten()
-
-    def text_ids(self, row: int, is_image: torch.Tensor) -> torch.Tensor:
-        return self.call["input_ids"][row, self._text_columns(row, is_image)]
-
-    def text_embeds(self, row: int, is_image: torch.Tensor) -> torch.Tensor:
-        columns = self._text_columns(row, is_image)
-        if self.call["inputs_embeds"] is not None:
-            return self.call["inputs_embeds"][row, columns]
-        with torch.no_grad():
-            return self.adapter.model.get_input_embeddings()(self.call["input_ids"][row, columns])

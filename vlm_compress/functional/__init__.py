@@ -1,17 +1,39 @@
 """Pure tensor math behind the methods: no models, no hooks. Read these next to the papers."""
 
+from .coverage import coverage_matrix, greedy_coverage, mmtok_coverage
+from .globalcom2 import (
+    combined_crop_scores,
+    crop_attention_sums,
+    crop_keep_counts,
+    crop_retention_ratios,
+    solve_retention_ratio,
+    thumbnail_prior_per_crop,
+)
+from .k_center import k_center
 from .merging import bipartite_soft_matching, merge_by_groups
 from .pooling import cell_average_pool, grid_layout, uniform_grid_indices
 from .similarity import cosine_similarity, normalize_rows
+from .tap import dilated_avg_pool
 from .topk import topk_indices
 
 __all__ = [
     "bipartite_soft_matching",
     "cell_average_pool",
+    "combined_crop_scores",
+    "coverage_matrix",
+    "crop_attention_sums",
+    "crop_keep_counts",
+    "crop_retention_ratios",
+    "greedy_coverage",
+    "k_center",
+    "mmtok_coverage",
     "merge_by_groups",
     "cosine_similarity",
+    "dilated_avg_pool",
     "grid_layout",
     "normalize_rows",
+    "solve_retention_ratio",
+    "thumbnail_prior_per_crop",
     "topk_indices",
     "uniform_grid_indices",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import kernels
+
 
 def normalize_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """L2-normalise the last dimension in fp32: ``[..., D] -> [..., D]`` (zero rows stay zero)."""
@@ -16,6 +18,4 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.T
 
     ``a: [..., N, D]``, ``b: [..., M, D]`` (default ``a``) -> ``[..., N, M]``.
     """
-    a_n = normalize_rows(a)
-    b_n = a_n if b is None else normalize_rows(b)
-    return a_n @ b_n.transpose(-1, -2)
+    return kernels.pairwise_similarity(a, b)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..context import VisualContext
+from ..context import LayerContext, VisualContext
 from ..errors import BudgetError
 from ..functional import topk_indices
 from ..selection import ORDERS, Selection
@@ -109,6 +109,18 @@ class Method:
         scores = self.score(ctx)
         kept = topk_indices(scores, self.num_to_keep(ctx))
         return Selection(kept_indices=kept, scores=scores)
+
+    # -- stage 2: pruning inside the language model (optional) -------------------------------------------
+    def prune_layers(self, num_layers: int) -> list[int]:
+        """Decoder layers before which :meth:`prune` runs (``1..num_layers-1``); none by default."""
+        return []
+
+    def prune(self, ctx: LayerContext) -> torch.Tensor:
+        """``[B, L]`` bool: which visual columns survive into ``ctx.layer`` and later layers.
+
+        Text columns are always kept; the value at non-visual columns is ignored.
+        """
+        return ctx.visual
 
     # -- helpers ---------------------------------------------------------------------------------------
     def num_to_keep(self, ctx: VisualContext) -> int:

@@ -14,9 +14,8 @@ TINY_IMAGE_TOKEN_ID = 999
 TINY_VOCAB = 1000
 
 
-def _tiny_text_config(**overrides: Any):
-    from transformers import LlamaConfig
-
+def _tiny_text_params(**overrides: Any) -> dict[str, Any]:
+    """The language model of every tiny model: 3 layers, 64 wide, GQA 4/2, vocabulary 1000."""
     params = dict(
         hidden_size=64,
         intermediate_size=128,
@@ -30,44 +29,132 @@ def _tiny_text_config(**overrides: Any):
         max_position_embeddings=2048,
     )
     params.update(overrides)
-    return LlamaConfig(**params)
+    return params
+
+
+def _tiny_text_config(**overrides: Any):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**_tiny_text_params(**overrides))
+
+
+def _pad_rows(rows: list[list[int]], padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> ``input_ids`` and ``attention_mask``, padded with id 0 on ``padding_side``."""
+    length = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, row in enumerate(rows):
+        span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
+        ids[b, span] = torch.tensor(row)
+        mask[b, span] = 1
+    return ids, mask
+
+
+def _tiny_clip_vision(**overrides: Any):
+    from transformers import CLIPVisionConfig
+
+    params = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=96, patch_size=8
+    )
+    params.update(overrides)
+    return CLIPVisionConfig(**params)
+
+
+def _build_llava(attn_implementation: str, **overrides: Any):
+    """CLIP tower 96x96 px with 8-px patches (12x12 = 144 visual tokens), 3-layer Llama."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    config = LlavaConfig(
+        vision_config=_tiny_clip_vision(),
+        text_config=_tiny_text_config(**overrides),
+        image_token_id=TINY_IMAGE_TOKEN_ID,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    config._attn_implementation = attn_implementation
+    return LlavaForConditionalGeneration(config)
+
+
+#: Qwen2-VL special tokens of the tiny models (the image pad token is the shared image token id)
+TINY_QWEN_TOKENS = {"vision_start_token_id": 996, "vision_end_token_id": 997, "video_token_id": 998}
+#: (t, h, w) patch grids of the tiny Qwen images, cycled: different resolutions in one batch
+TINY_QWEN_GRIDS = ((1, 8, 8), (1, 12, 8), (1, 8, 12))
+
+
+def _build_qwen(model_type: str, attn_implementation: str, **overrides: Any):
+    """Vision: 2 blocks, 4-px patches, 2x2 merger (an 8x8-patch image gives 16 visual tokens);
+    text: 3-layer Qwen2 with 3-D M-RoPE (head_dim 16, mrope_section 2+3+3)."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+    )
+
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    text = _tiny_text_params(rope_parameters=rope, **overrides)
+    vision = dict(depth=2, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    if model_type == "qwen2_vl":
+        vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
+        config_cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    else:
+        vision.update(
+            hidden_size=32, out_hidden_size=64, intermediate_size=64, window_size=16, fullatt_block_indexes=[1]
+        )
+        config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    config = config_cls(
+        vision_config=vision, text_config=text, image_token_id=TINY_IMAGE_TOKEN_ID, **TINY_QWEN_TOKENS
+    )
+    config._attn_implementation = attn_implementation
+    return model_cls(config)
+
+
+#: LLaVA-NeXT's tiny AnyRes resolutions (h, w) in pixels: crop layouts 1x2, 2x1 and 2x2 of 32-px tiles
+TINY_GRID_PINPOINTS = [[32, 64], [64, 32], [64, 64]]
+
+
+def _build_llava_next(attn_implementation: str, **overrides: Any):
+    """CLIP tower 32x32 px with 8-px patches (a 4x4 = 16-token thumbnail and 16 tokens per crop), crops laid
+    out by :data:`TINY_GRID_PINPOINTS`, 3-layer Llama."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    config = LlavaNextConfig(
+        vision_config=_tiny_clip_vision(image_size=32),
+        text_config=_tiny_text_config(**overrides),
+        image_token_id=TINY_IMAGE_TOKEN_ID,
+        image_grid_pinpoints=TINY_GRID_PINPOINTS,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    config._attn_implementation = attn_implementation
+    return LlavaNextForConditionalGeneration(config)
+
+
+#: model_type -> builder(attn_implementation, **text_config_overrides); each adapter adds its tiny model here
+BUILDERS: dict[str, Any] = {
+    "llava": _build_llava,
+    "llava_next": _build_llava_next,
+    "qwen2_vl": lambda attn, **kw: _build_qwen("qwen2_vl", attn, **kw),
+    "qwen2_5_vl": lambda attn, **kw: _build_qwen("qwen2_5_vl", attn, **kw),
+}
 
 
 def build_tiny(
     model_type: str = "llava", *, seed: int = 0, attn_implementation: str = "sdpa", **overrides: Any
 ):
-    """A tiny random-weight model of ``model_type`` in eval mode (fp32, CPU).
+    """A tiny random-weight model of ``model_type`` in eval mode (fp32, CPU); see the ``_build_*`` builders.
 
-    ``llava``: CLIP tower 96x96 px with 8-px patches (12x12 = 144 visual tokens), 3-layer Llama.
+    ``overrides`` go to the language model's config (e.g. ``num_hidden_layers=6``).
     """
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
-
+    if model_type not in BUILDERS:
+        raise ValueError(f"no tiny builder for model_type {model_type!r}; available: {', '.join(BUILDERS)}")
     torch.manual_seed(seed)
-    if model_type == "llava":
-        vision = CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=96,
-            patch_size=8,
-        )
-        config = LlavaConfig(
-            vision_config=vision,
-            text_config=_tiny_text_config(**overrides),
-            image_token_id=TINY_IMAGE_TOKEN_ID,
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
-        )
-        config._attn_implementation = attn_implementation
-        model = LlavaForConditionalGeneration(config)
-    else:
-        raise ValueError(f"no tiny builder for model_type {model_type!r}; available: llava")
+    model = BUILDERS[model_type](attn_implementation, **overrides)
     model.generation_config.pad_token_id = 0
     return model.eval()
 
 
-def tiny_inputs(
+def _inputs_llava(
     model,
     images_per_row: list[int],
     *,
@@ -75,9 +162,8 @@ def tiny_inputs(
     padding_side: str = "left",
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Hand-built inputs of the exact shapes a LLaVA processor produces: each row ``BOS, text, <image> x N per
-    image, text``, padded with id 0 on ``padding_side``. Returns ``input_ids``, ``attention_mask``,
-    ``pixel_values`` (one image per ``<image>``)."""
+    """Each row ``BOS, text, <image> x N per image, text``, padded with id 0 on ``padding_side``; one
+    ``pixel_values`` image per ``<image>``."""
     generator = torch.Generator().manual_seed(seed)
     config = model.config
     image_size = config.vision_config.image_size
@@ -92,12 +178,187 @@ def tiny_inputs(
         for i in range(count):
             row += [config.image_token_id] * patches + words[text_length + 2 * i : text_length + 2 * i + 2]
         rows.append(row)
-    length = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
-        ids[b, span] = torch.tensor(row)
-        mask[b, span] = 1
+    ids, mask = _pad_rows(rows, padding_side)
     pixel_values = torch.randn(sum(images_per_row), 3, image_size, image_size, generator=generator)
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values}
+
+
+def _inputs_qwen(
+    model,
+    images_per_row: list[int],
+    *,
+    text_lengths: list[int] | None = None,
+    padding_side: str = "left",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Each row ``BOS, text, (<vision_start>, <image_pad> x t*h*w/4, <vision_end>, text) per image`` with the
+    image grids cycling through :data:`TINY_QWEN_GRIDS`; ``pixel_values`` are flattened patches
+    ``[sum(t*h*w), C * temporal * patch^2]`` as the Qwen2-VL image processor returns them, plus
+    ``image_grid_thw`` and ``mm_token_type_ids``."""
+    generator = torch.Generator().manual_seed(seed)
+    vision = model.config.vision_config
+    unit = vision.spatial_merge_size**2
+    text_lengths = text_lengths or [3 + 2 * i for i in range(len(images_per_row))]
+    rows, grids = [], []
+    for count, text_length in zip(images_per_row, text_lengths):
+        words = torch.randint(3, TINY_VOCAB - 10, (text_length + 2 * max(count, 1),), generator=generator).tolist()
+        row = [1] + words[:text_length]
+        for i in range(count):
+            grid = TINY_QWEN_GRIDS[len(grids) % len(TINY_QWEN_GRIDS)]
+            grids.append(grid)
+            tokens = grid[0] * grid[1] * grid[2] // unit
+            row += [TINY_QWEN_TOKENS["vision_start_token_id"]] + [TINY_IMAGE_TOKEN_ID] * tokens
+            row += [TINY_QWEN_TOKENS["vision_end_token_id"]] + words[text_length + 2 * i : text_length + 2 * i + 2]
+        rows.append(row)
+    ids, mask = _pad_rows(rows, padding_side)
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    patches = sum(t * h * w for t, h, w in grids)
+    out = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "mm_token_type_ids": (ids == TINY_IMAGE_TOKEN_ID).int(),
+    }
+    if grids:
+        out["pixel_values"] = torch.randn(patches, patch_dim, generator=generator)
+        out["image_grid_thw"] = torch.tensor(grids)
+    return out
+
+
+#: image sizes (h, w) in pixels that the tiny LLaVA-NeXT inputs cycle through: every crop layout, with padding
+TINY_NEXT_IMAGE_SIZES = [(40, 70), (50, 30), (32, 32), (64, 64), (61, 45)]
+
+
+def tiny_next_processor(model, words: list[str] | None = None, *, padding_side: str = "left"):
+    """A real ``LlavaNextProcessor`` for :func:`build_tiny`'s LLaVA-NeXT (PIL image processor, word-level tokenizer)."""
+    from transformers import LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    vision = model.config.vision_config
+    side = vision.image_size
+    tokenizer = word_tokenizer(["USER:", "ASSISTANT:", *(words or [f"w{i}" for i in range(200)])])
+    tokenizer.padding_side = padding_side
+    return LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(
+            size={"shortest_edge": side},
+            crop_size={"height": side, "width": side},
+            image_grid_pinpoints=model.config.image_grid_pinpoints,
+        ),
+        tokenizer=tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+
+
+def _inputs_llava_next(
+    model,
+    images_per_row: list[int],
+    *,
+    text_lengths: list[int] | None = None,
+    padding_side: str = "left",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Run a real ``LlavaNextProcessor`` on random images of the sizes in :data:`TINY_NEXT_IMAGE_SIZES` (in turn,
+    so one batch mixes crop layouts): ``input_ids``, ``attention_mask``, ``pixel_values [I, P, 3, 32, 32]``
+    (padded to the most crops), ``image_sizes [I, 2]``."""
+    import numpy as np
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    processor = tiny_next_processor(model, padding_side=padding_side)
+    text_lengths = text_lengths or [3 + 2 * i for i in range(len(images_per_row))]
+    texts, images = [], []
+    for count, text_length in zip(images_per_row, text_lengths):
+        words = [f"w{int(i)}" for i in torch.randint(0, 200, (text_length + 2 * count,), generator=generator)]
+        parts = ["<s>", *words[:text_length]]
+        for i in range(count):
+            parts += ["<image>", *words[text_length + 2 * i : text_length + 2 * i + 2]]
+            height, width = TINY_NEXT_IMAGE_SIZES[(len(images) + seed) % len(TINY_NEXT_IMAGE_SIZES)]
+            pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+            images.append(Image.fromarray(np.asarray(pixels.numpy())))
+        texts.append(" ".join(parts))
+    out = processor(images=images or None, text=texts, return_tensors="pt", padding=True)
+    inputs = {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+    if images:
+        inputs["pixel_values"] = out["pixel_values"]
+        inputs["image_sizes"] = out["image_sizes"]
+    return inputs
+
+
+#: model_type -> input builder with :func:`tiny_inputs`' signature
+INPUTS: dict[str, Any] = {
+    "llava": _inputs_llava,
+    "llava_next": _inputs_llava_next,
+    "qwen2_vl": _inputs_qwen,
+    "qwen2_5_vl": _inputs_qwen,
+}
+
+
+def tiny_inputs(
+    model,
+    images_per_row: list[int],
+    *,
+    text_lengths: list[int] | None = None,
+    padding_side: str = "left",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Hand-built inputs of the exact shapes the model's processor produces, for a :func:`build_tiny` model:
+    ``images_per_row[b]`` images in prompt ``b`` (0 = text only), padded with id 0 on ``padding_side``.
+    Returns ``input_ids``, ``attention_mask`` and the model's image inputs."""
+    model_type = model.config.model_type
+    if model_type not in INPUTS:
+        raise ValueError(f"no tiny inputs for model_type {model_type!r}; available: {', '.join(INPUTS)}")
+    return INPUTS[model_type](
+        model, images_per_row, text_lengths=text_lengths, padding_side=padding_side, seed=seed
+    )
+
+#: a LLaVA-1.5 style chat template: "USER: <image> question ASSISTANT:"
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image> "
+    "{% else %}{{ part['text'] }} {% endif %}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def word_tokenizer(words: list[str]):
+    """A word-level ``PreTrainedTokenizerFast`` for the tiny models: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3,
+    the words from 4 on, ``<image>`` = the tiny models' image token id."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for word in words:
+        if len(vocab) >= TINY_IMAGE_TOKEN_ID:
+            raise ValueError(f"word_tokenizer: at most {TINY_IMAGE_TOKEN_ID - 4} words fit the tiny vocabulary")
+        vocab.setdefault(word, len(vocab))
+    vocab["<image>"] = TINY_IMAGE_TOKEN_ID
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<image>"],
+    )
+
+
+def tiny_processor(model, words: list[str] | None = None):
+    """A real ``LlavaProcessor`` matching :func:`build_tiny`'s LLaVA (word-level tokenizer, CLIP image
+    processor, LLaVA-1.5 chat template), so examples run the same processor code paths as a checkpoint."""
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+
+    vision = model.config.vision_config
+    side = vision.image_size
+    words = words or "USER: ASSISTANT: what is in the image ? describe it".split()
+    return LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
+        tokenizer=word_tokenizer(["USER:", "ASSISTANT:", *words]),
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,
+        chat_template=TINY_CHAT_TEMPLATE,
+    )

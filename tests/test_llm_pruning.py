@@ -1,0 +1,167 @@
+"""Pruning inside the language model (FastV, ToDRE stage 2): proof against a masked reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vlm_compress as vlmc
+from vlm_compress.zoo.synthetic import TINY_IMAGE_TOKEN_ID, build_tiny, tiny_inputs
+
+from .helpers import LayerLengths, hook_state
+
+
+def image_runs(columns: torch.Tensor) -> list[torch.Tensor]:
+    """Consecutive runs of visual columns: one per image (the tiny prompts put text between images)."""
+    breaks = torch.nonzero(columns[1:] != columns[:-1] + 1).flatten() + 1
+    return list(torch.tensor_split(columns, breaks.tolist()))
+
+
+def top_attended_drop(attention_row: torch.Tensor, input_ids: torch.Tensor, keep: int) -> torch.Tensor:
+    """``[B, L]`` bool: the visual columns FastV drops, computed from an eager run's attention row."""
+    drop = torch.zeros_like(input_ids, dtype=torch.bool)
+    for b in range(input_ids.shape[0]):
+        columns = torch.nonzero(input_ids[b] == TINY_IMAGE_TOKEN_ID).flatten()
+        for image in image_runs(columns):
+            order = torch.sort(attention_row[b, image], descending=True, stable=True).indices
+            drop[b, image[order[keep:]]] = True
+    return drop
+
+
+def masked_logits(model, inputs, layer: int, drop: torch.Tensor) -> torch.Tensor:
+    """Unpatched eager run where the dropped columns are masked out as keys for every layer >= ``layer``."""
+    handles = []
+
+    def hide(module, args, kwargs):
+        mask = kwargs["attention_mask"]
+        hidden = mask.masked_fill(drop[:, None, None, :], torch.finfo(mask.dtype).min)
+        return args, {**kwargs, "attention_mask": hidden}
+
+    for index, block in enumerate(model.model.language_model.layers):
+        if index >= layer:
+            handles.append(block.register_forward_pre_hook(hide, with_kwargs=True))
+    try:
+        return model(**inputs).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@pytest.fixture(scope="module")
+def four_layers():
+    return {
+        impl: build_tiny("llava", seed=5, attn_implementation=impl, num_hidden_layers=4)
+        for impl in ("eager", "sdpa")
+    }
+
+
+@pytest.fixture(scope="module")
+def four_layer_qwen():
+    return {
+        impl: build_tiny("qwen2_vl", seed=5, attn_implementation=impl, num_hidden_layers=4)
+        for impl in ("eager", "sdpa")
+    }
+
+
+def test_fastv_on_qwen_equals_masked_reference_with_3d_positions(four_layer_qwen):
+    """M-RoPE: the recomputed attention row and the gathered 3-D position embeddings must both be right."""
+    eager, model = four_layer_qwen["eager"], four_layer_qwen["sdpa"]
+    inputs = tiny_inputs(eager, [2, 1], seed=6)
+    keep, layer = 6, 2
+    with torch.no_grad():
+        attentions = eager(**inputs, output_attentions=True).attentions
+        drop = top_attended_drop(attentions[layer - 1][:, :, -1, :].mean(dim=1), inputs["input_ids"], keep)
+        reference = masked_logits(eager, inputs, layer, drop)
+        with vlmc.compress(model, "fastv", budget=keep, prune_layer=layer):
+            logits = model(**inputs).logits
+    valid = inputs["attention_mask"].bool()
+    for b in range(logits.shape[0]):
+        survivors = torch.nonzero(valid[b] & ~drop[b]).flatten()
+        torch.testing.assert_close(logits[b, -survivors.numel() :], reference[b, survivors], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_fastv_logits_equal_masked_reference(four_layers, impl):
+    eager = four_layers["eager"]
+    inputs = tiny_inputs(eager, [2, 1], seed=6)
+    keep, layer = 20, 2
+    with torch.no_grad():
+        attentions = eager(**inputs, output_attentions=True).attentions
+        drop = top_attended_drop(attentions[layer - 1][:, :, -1, :].mean(dim=1), inputs["input_ids"], keep)
+        reference = masked_logits(eager, inputs, layer, drop)
+        model = four_layers[impl]
+        with (
+            LayerLengths(model) as probe,
+            vlmc.compress(model, "fastv", budget=keep, prune_layer=layer) as run,
+        ):
+            logits = model(**inputs).logits
+    # the patched pass drops the columns instead of masking them: compare every surviving column
+    valid = inputs["attention_mask"].bool()
+    for b in range(logits.shape[0]):
+        survivors = torch.nonzero(valid[b] & ~drop[b]).flatten()
+        assert logits.shape[1] >= survivors.numel()
+        torch.testing.assert_close(
+            logits[b, -survivors.numel() :], reference[b, survivors], atol=2e-5, rtol=1e-4
+        )
+    full = inputs["input_ids"].shape[1]
+    assert probe.calls[0][:layer] == [full] * layer
+    assert all(length == logits.shape[1] < full for length in probe.calls[0][layer:])
+    call = run.report.calls[0]
+    assert call.layer_positions[layer] == [int(n) for n in (valid & ~drop).sum(dim=1)]
+    assert [r.info["llm_kept"][layer] for r in run.report.images] == [keep, keep, keep]
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_fastv_generate_with_cache_equals_without(four_layers, padding_side):
+    model = four_layers["sdpa"]
+    inputs = tiny_inputs(model, [1, 2], padding_side=padding_side, seed=7)
+    with vlmc.compress(model, "fastv", budget=0.1):
+        cached = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        uncached = model.generate(**inputs, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
+
+
+def test_fastv_full_budget_is_exact(four_layers):
+    model = four_layers["sdpa"]
+    inputs = tiny_inputs(model, [2, 1], seed=8)
+    reference = model(**inputs).logits
+    with vlmc.compress(model, "fastv", budget=1.0):
+        assert torch.equal(model(**inputs).logits, reference)
+
+
+def test_todre_two_stages_shrink_the_sequence_twice():
+    model = build_tiny("llava", seed=9, num_hidden_layers=6)
+    inputs = tiny_inputs(model, [1, 1], seed=10)
+    model(**inputs)  # transformers installs its own output-capture hooks on a model's first forward
+    before = hook_state(model)
+    with LayerLengths(model) as probe, vlmc.compress(model, "todre", budget=40) as run:
+        model(**inputs)
+        cached = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        uncached = model.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    text = int(
+        ((inputs["input_ids"] != TINY_IMAGE_TOKEN_ID) & inputs["attention_mask"].bool()).sum(dim=1).max()
+    )
+    lengths = probe.calls[0]
+    # stage 1 keeps 40 tokens, layer 2 keeps half of them, layer 3 (= half depth) keeps none
+    assert lengths[:2] == [text + 40] * 2
+    assert lengths[2] == text + 20
+    assert lengths[3:] == [text] * 3
+    image = run.report.images[0]
+    assert image.tokens_after == 40 and image.info["llm_kept"] == {2: 20, 3: 0}
+    assert hook_state(model) == before
+
+
+def test_hooks_are_removed_after_an_exception(four_layers):
+    model = four_layers["sdpa"]
+    before = hook_state(model)
+    with pytest.raises(RuntimeError, match="boom"), vlmc.compress(model, "fastv", budget=8):
+        raise RuntimeError("boom")
+    assert hook_state(model) == before
+
+
+def test_prune_layer_must_fit_the_model(four_layers):
+    with pytest.raises(ValueError, match="pruning layers must lie in 1..3"):
+        vlmc.patch(four_layers["sdpa"], "fastv", prune_layer=4)
+    assert vlmc.active_handle(four_layers["sdpa"]) is None

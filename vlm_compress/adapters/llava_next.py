@@ -1,0 +1,271 @@
+"""LLaVA-NeXT (``LlavaNextForConditionalGeneration``, model_type ``llava_next``): AnyRes images.
+
+Every image is encoded as a *thumbnail* (the whole image at the encoder's resolution, ``s x s`` tokens) plus
+high-resolution *crops* laid out ``rows x cols`` (``s x s`` tokens each). The crops are joined into one
+``rows*s x cols*s`` grid, the padding the processor added around the image is cut off (``unpad_image``), and
+an ``image_newline`` token closes every row of that grid. The language model sees, per image::
+
+    [thumbnail s*s tokens] [grid row 0 ... newline] [grid row 1 ... newline] ...
+
+What a method sees (:class:`~vlm_compress.context.VisualContext`):
+
+- ``features``: the *content* tokens only (thumbnail, then the un-padded grid in raster order), no newlines;
+  budgets count these. ``grid`` is ``None`` (the flat list is not one grid).
+- ``thumbnail``: a :class:`~vlm_compress.context.TokenRegion` with its ``(s, s)`` grid and its own [CLS] attention.
+- ``crops``: one region per crop in row-major layout order, ``position=(row, col)``, ``grid=(s, s)``, ``valid``
+  the ``[s, s]`` mask of its un-padded tokens; ``indices`` and ``cls_attention`` cover the valid tokens only.
+- ``cls_attention`` (flat): each token's attention in its own encoder pass (thumbnail or crop).
+
+Newline policy: a grid row keeps its newline when at least one of its tokens is kept and loses it otherwise,
+so the compressed image still reads as rows ended by newlines. A reordering (``order="score"`` or
+``"selection"``) applies to the thumbnail's tokens; the grid always stays in raster order with its newlines
+(this is also what GlobalCom²'s official code does). Inside the language model (FastV, ToDRE stage 2) the
+newline positions are not counted as visual: they always survive there, and budgets count content tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.models.llava_next.modeling_llava_next import (
+    get_anyres_image_grid_shape,
+    image_size_to_num_patches,
+    unpad_image,
+)
+
+from ..context import TokenRegion, VisualContext, _LazySignals
+from ..errors import InputMismatchError, UnsupportedModelError
+from .base import ImageSlot, SequencePlan
+from .llava import ImageSignals, LlavaAdapter, assign_image_slots
+
+
+@dataclass
+class AnyResLayout:
+    """Where one image's tokens sit in its placeholder block (all tensors index that block of ``M`` tokens).
+
+    Attributes:
+        content: ``[N]`` block position of every content token (thumbnail, then the un-padded grid).
+        grid_row: ``[N]`` grid row of every content token (``-1`` for the thumbnail).
+        newlines: ``[H]`` block position of each grid row's newline token.
+        source: ``[N - T]`` for every grid token, its index in the crops' flat tokens (``crop * s*s + r*s + c``).
+        thumbnail_tokens: ``T = s * s``.
+        crop_layout: ``(rows, cols)`` of the crops.
+        side: ``s``, tokens per crop side.
+    """
+
+    content: torch.Tensor
+    grid_row: torch.Tensor
+    newlines: torch.Tensor
+    source: torch.Tensor
+    thumbnail_tokens: int
+    crop_layout: tuple[int, int]
+    side: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.content.numel()) + int(self.newlines.numel())
+
+
+def anyres_layout(image_size: Any, grid_pinpoints: list, encoder_size: int, side: int) -> AnyResLayout:
+    """The token layout ``LlavaNextModel.pack_image_features`` produces for an image of ``image_size`` (h, w).
+
+    The un-padding is delegated to transformers' own ``unpad_image`` on a map of token indices, so the layout
+    follows the model exactly.
+    """
+    rows, cols = get_anyres_image_grid_shape(image_size, grid_pinpoints, encoder_size)
+    # crops' flat token index, arranged as the model arranges features: [rows*s, cols*s]
+    flat = torch.arange(rows * cols * side * side).view(rows, cols, side, side)
+    grid = flat.permute(0, 2, 1, 3).reshape(1, rows * side, cols * side)
+    grid = unpad_image(grid, image_size)[0]
+    height, width = grid.shape
+    thumbnail = side * side
+    row_starts = thumbnail + torch.arange(height) * (width + 1)
+    grid_positions = (row_starts[:, None] + torch.arange(width)[None]).flatten()
+    content = torch.cat([torch.arange(thumbnail), grid_positions])
+    grid_row = torch.cat([torch.full((thumbnail,), -1), torch.arange(height).repeat_interleave(width)])
+    return AnyResLayout(
+        content=content,
+        grid_row=grid_row,
+        newlines=row_starts + width,
+        source=grid.flatten(),
+        thumbnail_tokens=thumbnail,
+        crop_layout=(rows, cols),
+        side=side,
+    )
+
+
+@dataclass
+class AnyResSlot(ImageSlot):
+    """An :class:`ImageSlot` that also knows the image's AnyRes layout and its packed features (newlines included)."""
+
+    layout: AnyResLayout | None = None
+    packed: torch.Tensor | None = None  # [M, D] the model's own features for the block
+
+
+class LlavaNextAdapter(LlavaAdapter):
+    model_types = ("llava_next",)
+
+    def grid_for(self, num_tokens: int) -> tuple[int, int] | None:
+        return None
+
+    def encode(self, call: dict[str, Any], is_image: torch.Tensor) -> list[ImageSlot]:
+        pixel_values = call.pop("pixel_values")
+        image_sizes = call.pop("image_sizes", None)
+        if image_sizes is None:
+            raise InputMismatchError(
+                "LLaVA-NeXT needs image_sizes (one (height, width) per image) with pixel_values; "
+                "build inputs with LlavaNextProcessor"
+            )
+        feature_layer = call.pop("vision_feature_layer", None)
+        strategy = call.pop("vision_feature_select_strategy", None)
+        feature_layer = self.config.vision_feature_layer if feature_layer is None else feature_layer
+        strategy = self.config.vision_feature_select_strategy if strategy is None else strategy
+        if strategy != "default":
+            raise UnsupportedModelError(
+                f"LLaVA-NeXT with vision_feature_select_strategy={strategy!r} is not supported: its crops only form "
+                "a token grid with 'default' (the [CLS] token dropped)"
+            )
+        encoded = self.inner.get_image_features(
+            pixel_values=pixel_values,
+            image_sizes=image_sizes,
+            vision_feature_layer=feature_layer,
+            vision_feature_select_strategy=strategy,
+            output_hidden_states=True,
+            return_dict=True,
+        )
+        packed = list(encoded.pooler_output)
+        self.check_finite(packed)
+        placements = assign_image_slots(is_image, [f.shape[0] for f in packed], placeholder="<image>")
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        pinpoints = self.config.image_grid_pinpoints
+        first_patch, start = [], 0
+        for size in image_sizes:
+            first_patch.append(start)
+            start += image_size_to_num_patches(size, pinpoints, vision.image_size)
+        layouts = [anyres_layout(size, pinpoints, vision.image_size, side) for size in image_sizes]
+        signals = AnyResSignals(
+            self, call, encoded.hidden_states, feature_layer, strategy, layouts, first_patch
+        )
+        slots: list[ImageSlot] = []
+        for i, ((row, columns), block, layout) in enumerate(zip(placements, packed, layouts)):
+            if layout.num_tokens != block.shape[0]:
+                raise InputMismatchError(
+                    f"image {i}: the model packed {block.shape[0]} tokens but its size {image_sizes[i].tolist()} "
+                    f"implies {layout.num_tokens}; check image_sizes and image_grid_pinpoints"
+                )
+            providers = signals.providers(i, row, columns, is_image)
+            context = VisualContext(
+                features=block[layout.content.to(block.device)],
+                grid=None,
+                image_index=i,
+                row=row,
+                thumbnail=TokenRegion(
+                    indices=torch.arange(layout.thumbnail_tokens),
+                    grid=(side, side),
+                    signals=_LazySignals(
+                        {"cls_attention": lambda i=i: signals.thumbnail_attention(i)},
+                        owner=f"image {i} thumbnail",
+                    ),
+                ),
+                crops=self._crop_regions(i, layout, signals),
+                signals=_LazySignals(providers, owner=f"image {i}"),
+            )
+            slots.append(AnyResSlot(row=row, columns=columns, context=context, layout=layout, packed=block))
+        return slots
+
+    @staticmethod
+    def _crop_regions(image: int, layout: AnyResLayout, signals: AnyResSignals) -> list[TokenRegion]:
+        side = layout.side
+        per_crop = side * side
+        rows, cols = layout.crop_layout
+        crop_of = layout.source // per_crop
+        regions = []
+        for c in range(rows * cols):
+            mine = torch.nonzero(crop_of == c).flatten()
+            local = layout.source[mine] % per_crop  # raster order within the crop
+            valid = torch.zeros(per_crop, dtype=torch.bool)
+            valid[local] = True
+            regions.append(
+                TokenRegion(
+                    indices=mine + layout.thumbnail_tokens,
+                    grid=(side, side),
+                    position=(c // cols, c % cols),
+                    valid=valid.view(side, side),
+                    signals=_LazySignals(
+                        {"cls_attention": lambda c=c, local=local: signals.crop_attention(image, c)[local]},
+                        owner=f"image {image} crop {c}",
+                    ),
+                )
+            )
+        return regions
+
+    def plan(self, slots, attention_mask, batch, length, device) -> SequencePlan:
+        """As the base plan, with newline columns marked as non-visual so in-LLM pruning counts content only."""
+        plan = super().plan(slots, attention_mask, batch, length, device)
+        for slot in slots:
+            if isinstance(slot, AnyResSlot):
+                newlines = slot.columns[slot.layout.newlines.to(slot.columns.device)].to(device)
+                plan.image_of[slot.row, torch.isin(plan.columns[slot.row], newlines)] = -1
+        return plan
+
+    def kept_layout(self, slot: ImageSlot) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kept thumbnail tokens (in the selection's order), then the kept grid tokens in raster order with the
+        newline of every grid row that keeps a token."""
+        if not isinstance(slot, AnyResSlot):
+            return super().kept_layout(slot)
+        layout, packed, selection = slot.layout, slot.packed, slot.selection
+        kept = selection.kept_indices.cpu()
+        n = slot.context.num_tokens
+        if selection.features is None and kept.numel() == n and bool((kept == torch.arange(n)).all()):
+            return slot.columns, packed
+        features = selection.features if selection.features is not None else slot.context.features[kept]
+        in_thumbnail = kept < layout.thumbnail_tokens
+        in_grid = ~in_thumbnail
+        newlines = layout.newlines[torch.unique(layout.grid_row[kept[in_grid]])]
+        grid_positions = torch.cat([layout.content[kept[in_grid]], newlines])
+        grid_features = torch.cat([features[in_grid.to(features.device)], packed[newlines.to(packed.device)]])
+        order = torch.argsort(grid_positions)
+        positions = torch.cat([layout.content[kept[in_thumbnail]], grid_positions[order]])
+        block_features = torch.cat(
+            [features[in_thumbnail.to(features.device)], grid_features[order.to(grid_features.device)]]
+        )
+        return slot.columns[positions.to(slot.columns.device)], block_features
+
+
+class AnyResSignals(ImageSignals):
+    """:class:`ImageSignals` for AnyRes images: encoder passes are per thumbnail/crop, mapped to content tokens."""
+
+    def __init__(self, adapter, call, hidden_states, feature_layer, strategy, layouts, first_patch):
+        super().__init__(adapter, call, hidden_states, feature_layer, strategy)
+        self.layouts = layouts
+        self.first_patch = first_patch
+
+    def providers(
+        self, image: int, row: int, columns: torch.Tensor, is_image: torch.Tensor
+    ) -> dict[str, Any]:
+        providers = super().providers(image, row, columns, is_image)
+        providers["cls_attention"] = lambda: self._flat(image, self.cls_attention())
+        return providers
+
+    def _flat(self, image: int, per_patch: torch.Tensor) -> torch.Tensor:
+        """``[P, T, ...]`` per-pass values -> ``[N, ...]`` over the image's content tokens."""
+        layout = self.layouts[image]
+        first = self.first_patch[image]
+        rows, cols = layout.crop_layout
+        thumbnail = per_patch[first]
+        crops = per_patch[first + 1 : first + 1 + rows * cols].flatten(0, 1)
+        return torch.cat([thumbnail, crops[layout.source.to(crops.device)]])
+
+    def vision_features(self, image: int) -> torch.Tensor:
+        layers = [self.hidden_states[layer][:, self._start() :] for layer in self.feature_layers]
+        return self._flat(image, torch.cat(layers, dim=-1))
+
+    def thumbnail_attention(self, image: int) -> torch.Tensor:
+        return self.cls_attention()[self.first_patch[image]]
+
+    def crop_attention(self, image: int, crop: int) -> torch.Tensor:
+        """``[s*s]`` [CLS] attention of crop ``crop``'s own pass (padding included)."""
+        return self.cls_attention()[self.first_patch[image] + 1 + crop]

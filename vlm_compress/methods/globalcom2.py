@@ -1,0 +1,125 @@
+"""GlobalCom²: the thumbnail ("commander") decides how much of each high-resolution crop survives (AnyRes models)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..context import VisualContext
+from ..errors import BudgetError
+from ..functional import topk_indices
+from ..functional.globalcom2 import (
+    combined_crop_scores,
+    crop_attention_sums,
+    crop_keep_counts,
+    crop_retention_ratios,
+    solve_retention_ratio,
+    thumbnail_keep_count,
+    thumbnail_prior_per_crop,
+)
+from ..selection import ORDERS, Selection
+from .base import Budget, Method, check_budget, resolve_budget
+
+
+@dataclass
+class GlobalCom2(Method):
+    """GlobalCom² (arXiv 2501.05179), as its official code does it on LLaVA-NeXT:
+
+    - the thumbnail keeps its top ``int(T * retention_ratio)`` tokens by the encoder's [CLS] attention;
+    - crop ``c`` keeps ``int(N_c * r_c)`` of its ``N_c`` un-padded tokens, ``r_c = retention_ratio *
+      (1 + p_c - mean(p))`` clipped to 1, ``p = softmax((s - max s) / temperature)`` where ``s_c`` is the
+      thumbnail's attention over the part of the thumbnail that crop ``c`` covers;
+    - inside a crop, tokens are ranked by L2-normalised crop [CLS] attention plus the L2-normalised thumbnail
+      attention bilinearly interpolated onto the un-padded high-resolution grid.
+
+    Attributes:
+        retention_ratio: the paper's retention ratio (0.25 keeps about a quarter of every image's tokens).
+        temperature: softmax temperature of the crop allocation (the paper's ``T = 10``).
+        budget: optional tokens per image (int, float fraction or per-image list) instead of
+            ``retention_ratio``: the ratio that meets it is solved per image (reported as ``info["retention_ratio"]``).
+        order: ``"score"`` puts the thumbnail's kept tokens in descending attention order as the official code
+            does (on LLaVA-NeXT the crops always stay in raster order); the default keeps the original order.
+
+    On images without crops (e.g. LLaVA-1.5) the thumbnail rule applies to all tokens, noted in ``info``.
+    """
+
+    budget: Budget | None = None
+    retention_ratio: float = 0.25
+    temperature: float = 10.0
+
+    name = "globalcom2"
+    description = (
+        "AnyRes: the thumbnail's [CLS] attention allocates and steers each crop's kept tokens (GlobalCom²)"
+    )
+    paper = "https://arxiv.org/abs/2501.05179"
+    requires = ("cls_attention",)
+
+    def __post_init__(self) -> None:
+        if self.budget is not None:
+            check_budget(self.budget)
+        if self.order not in ORDERS:
+            raise ValueError(f"{self.name}: order must be one of {ORDERS}, got {self.order!r}")
+        ratio = self.retention_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+            raise BudgetError(
+                f"{self.name}: retention_ratio must lie in (0, 1] (the paper uses 0.25), got {ratio!r}"
+            )
+        temperature = self.temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"{self.name}: temperature must be > 0 (the paper uses 10), got {temperature!r}")
+
+    def num_to_keep(self, ctx: VisualContext) -> int:
+        if self.budget is None:
+            return max(1, math.floor(ctx.num_tokens * self.retention_ratio))
+        return resolve_budget(self.budget, ctx.num_tokens, ctx.image_index)
+
+    def select(self, ctx: VisualContext) -> Selection:
+        if not ctx.crops or ctx.thumbnail is None:
+            return self._thumbnail_rule(ctx)
+        thumbnail, crops = ctx.thumbnail, ctx.crops
+        thumbnail_attention = thumbnail.cls_attention.float()
+        h, w = thumbnail.grid
+        layout = (max(c.position[0] for c in crops) + 1, max(c.position[1] for c in crops) + 1)
+        sums = crop_attention_sums(thumbnail_attention.view(h, w), layout)
+        valid_counts = [int(c.indices.numel()) for c in crops]
+        num_thumbnail = int(thumbnail.indices.numel())
+        info = {"crop_layout": layout}
+        if self.budget is None:
+            ratio = self.retention_ratio
+            thumbnail_keep = thumbnail_keep_count(num_thumbnail, ratio)
+            crop_keeps = crop_keep_counts(valid_counts, crop_retention_ratios(sums, ratio, self.temperature))
+        else:
+            ratio, thumbnail_keep, crop_keeps = solve_retention_ratio(
+                self.num_to_keep(ctx), num_thumbnail, sums, valid_counts, self.temperature
+            )
+        info.update(retention_ratio=ratio, thumbnail_kept=thumbnail_keep, crop_kept=crop_keeps)
+        device = ctx.features.device
+        scores = torch.zeros(ctx.num_tokens, dtype=torch.float32, device=device)
+        scores[thumbnail.indices.to(device)] = thumbnail_attention.to(device)
+        kept = []
+        if thumbnail_keep > 0:
+            kept.append(
+                thumbnail.indices.to(device)[topk_indices(thumbnail_attention, thumbnail_keep).to(device)]
+            )
+        valid = torch.stack([c.valid for c in crops]).view(*layout, *crops[0].valid.shape)
+        priors = thumbnail_prior_per_crop(thumbnail_attention.view(h, w), valid)
+        for crop, prior, keep in zip(crops, priors, crop_keeps):
+            if crop.indices.numel() == 0:
+                continue
+            crop_scores = combined_crop_scores(crop.cls_attention, prior.to(crop.cls_attention.device))
+            indices = crop.indices.to(device)
+            scores[indices] = crop_scores.to(device)
+            if keep > 0:
+                kept.append(indices[topk_indices(crop_scores, keep).to(device)])
+        return Selection(kept_indices=torch.cat(kept), scores=scores, info=info)
+
+    def _thumbnail_rule(self, ctx: VisualContext) -> Selection:
+        scores = ctx.cls_attention.float()
+        kept = topk_indices(scores, self.num_to_keep(ctx))
+        return Selection(
+            kept_indices=kept,
+            scores=scores,
+            info={"fallback": "no crops: thumbnail rule (top tokens by [CLS] attention) on all tokens"},
+        )

@@ -1,0 +1,324 @@
+"""The main job, ``vlmc run``: one image, one question, the full model against every method at one budget.
+
+It answers the question with the unpatched model and with each method, measures the prefill (the forward pass
+over the prompt, token selection included) of every variant interleaved in the same run, and saves a PNG that
+shows, per method, which visual tokens survived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .errors import VlmcError
+
+SHIPPED = Path(__file__).parent / "zoo" / "checkpoints" / "shapes"
+SAMPLES = Path(__file__).parent / "zoo" / "samples"
+DEFAULT_BUDGET = 64
+
+
+@dataclass
+class Row:
+    """One line of the table: the full model (``method == "full"``) or one method."""
+
+    method: str
+    answer: str = ""
+    visual_tokens_before: int = 0
+    visual_tokens_after: int = 0
+    lm_positions: float = 0.0
+    lm_positions_per_layer: list[int] = field(default_factory=list)
+    prefill_ms: float = 0.0
+    speedup: float = 1.0
+    selection_ms: float = 0.0
+    error: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def shipped_model_available() -> bool:
+    return (SHIPPED / "config.json").is_file()
+
+
+def load_model(spec: str | None, *, device: str = "cpu") -> tuple[Any, Any, str, str | None]:
+    """``(model, processor, name, note)`` for ``spec``: ``None`` (the shipped model, else the tiny one),
+    ``"shapes"``, ``"tiny"`` (random weights), or a HuggingFace id / local path of any supported model."""
+    note = None
+    if spec is None:
+        if shipped_model_available():
+            spec = "shapes"
+        else:
+            spec = "tiny"
+            note = "the trained default model is not installed; using a random-weight tiny LLaVA (answers are noise)"
+    if spec == "tiny":
+        from .zoo.synthetic import build_tiny, tiny_processor
+
+        model = build_tiny("llava", seed=0)
+        processor = tiny_processor(model)
+    elif spec == "shapes":
+        from . import zoo
+
+        model, processor = zoo.load("shapes")
+    else:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        processor = AutoProcessor.from_pretrained(spec)
+        model = AutoModelForImageTextToText.from_pretrained(spec, dtype=dtype, attn_implementation="sdpa")
+    return model.to(device).eval(), processor, spec, note
+
+
+def default_sample() -> tuple[Image.Image, str, str | None, str]:
+    """``(image, question, expected answer or None, where it came from)`` of the bundled sample scene."""
+    metas = sorted(SAMPLES.glob("*.json")) if SAMPLES.is_dir() else []
+    if metas:
+        meta = json.loads(metas[0].read_text())
+        path = metas[0].with_name(meta.get("image", metas[0].stem + ".png"))
+        return Image.open(path).convert("RGB"), meta["question"], meta.get("answer"), str(path)
+    return _fallback_scene(), "What is in the image?", None, "generated scene"
+
+
+def _fallback_scene(size: int = 336) -> Image.Image:
+    """A small drawn scene (used only when the bundled samples are missing)."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (size, size), (40, 40, 48))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((40, 50, 140, 150), fill=(220, 30, 30))
+    draw.rectangle((200, 190, 290, 280), fill=(40, 90, 235))
+    draw.polygon([(250, 40), (300, 130), (200, 130)], fill=(240, 220, 40))
+    return image
+
+
+def build_inputs(processor: Any, image: Image.Image, question: str, device: str) -> dict[str, torch.Tensor]:
+    """The processor's chat template around one image and the question, as model inputs."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    if getattr(processor, "chat_template", None):
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    else:
+        prompt = f"USER: <image>\n{question} ASSISTANT:"
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _prefill_ms(model: Any, inputs: dict[str, Any], device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    model(**inputs)
+    _sync(device)
+    return 1000 * (time.perf_counter() - start)
+
+
+def _generate(model: Any, processor: Any, inputs: dict[str, Any], max_new_tokens: int) -> str:
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def run_job(
+    model: Any,
+    processor: Any,
+    image: Image.Image,
+    question: str,
+    *,
+    methods: list[str],
+    budget: int | float = DEFAULT_BUDGET,
+    repeats: int = 3,
+    max_new_tokens: int = 8,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[list[Row], dict[str, Any]]:
+    """Answer with the full model and each method; prefill timings interleaved over ``repeats`` rounds.
+
+    Returns the table rows and, per method, its report's image records (for the picture).
+    """
+    from tqdm.auto import tqdm
+
+    from . import compress
+
+    inputs = build_inputs(processor, image, question, device)
+    rows = {"full": Row(method="full")}
+    records: dict[str, Any] = {}
+    with torch.no_grad():
+        rows["full"].answer = _generate(model, processor, inputs, max_new_tokens)
+        positions = int(inputs["attention_mask"][0].sum()) if "attention_mask" in inputs else inputs["input_ids"].shape[1]
+        rows["full"].lm_positions = float(positions)
+        for name in methods:
+            row = rows[name] = Row(method=name)
+            try:
+                with compress(model, name, budget=budget, processor=processor) as run:
+                    row.answer = _generate(model, processor, inputs, max_new_tokens)
+                    run.report.clear()
+                    model(**inputs)
+                    _fill(row, run.report)
+                    records[name] = list(run.report.images)
+            except (VlmcError, ValueError, TypeError) as err:
+                row.error = f"{type(err).__name__}: {err}"
+        runnable = ["full"] + [name for name in methods if rows[name].error is None]
+        times: dict[str, list[float]] = {name: [] for name in runnable}
+        model(**inputs)  # warm-up
+        steps = tqdm(total=repeats * len(runnable), desc="timing prefill", disable=not progress, leave=False)
+        for _ in range(repeats):
+            for name in runnable:
+                if name == "full":
+                    times[name].append(_prefill_ms(model, inputs, device))
+                else:
+                    with compress(model, name, budget=budget, processor=processor):
+                        times[name].append(_prefill_ms(model, inputs, device))
+                steps.update()
+        steps.close()
+    full_ms = statistics.median(times["full"])
+    for name in runnable:
+        rows[name].prefill_ms = statistics.median(times[name])
+        rows[name].speedup = full_ms / rows[name].prefill_ms
+    return list(rows.values()), records
+
+
+def _fill(row: Row, report: Any) -> None:
+    images = report.images
+    row.visual_tokens_before = sum(r.tokens_before for r in images)
+    row.visual_tokens_after = sum(r.tokens_after for r in images)
+    row.selection_ms = sum(r.selection_ms for r in images)
+    call = report.last_call()
+    if call is None:
+        return
+    if call.layer_positions:
+        per_layer = [call.layer_positions[layer][0] for layer in sorted(call.layer_positions)]
+        row.lm_positions_per_layer = per_layer
+        row.lm_positions = sum(per_layer) / len(per_layer)
+    else:
+        row.lm_positions = float(call.positions_after[0])
+
+
+def save_picture(
+    path: Path, image: Image.Image, processor: Any, records: dict[str, Any], rows: list[Row]
+) -> Path | None:
+    """Per method, the image as the encoder sees it with kept tokens bright and dropped ones dimmed."""
+    from .viz import model_view, overlay_selection, panel_grid
+
+    view = model_view(image, processor)
+    panels = [("full", view)]
+    answers = {row.method: row.answer for row in rows}
+    for name, images in records.items():
+        record = images[0] if images else None
+        if record is None or record.grid is None or record.selection is None:
+            continue
+        title = f"{name}: {record.tokens_after}/{record.tokens_before} -> {answers.get(name, '')!r}"
+        panels.append((title, overlay_selection(view, record.grid, record.selection)))
+    if len(panels) == 1:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    panel_grid(panels).save(path)
+    return path
+
+
+def format_table(rows: list[Row]) -> str:
+    header = f"{'method':<14} {'answer':<16} {'visual tokens':>13} {'LM positions':>12} {'prefill ms':>10} {'speedup':>7}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        if row.error is not None:
+            lines.append(f"{row.method:<14} skipped: {row.error}")
+            continue
+        tokens = f"{row.visual_tokens_after}/{row.visual_tokens_before}" if row.method != "full" else "all"
+        answer = row.answer if len(row.answer) <= 16 else row.answer[:15] + "…"
+        lines.append(
+            f"{row.method:<14} {answer:<16} {tokens:>13} {row.lm_positions:>12.1f} {row.prefill_ms:>10.1f} "
+            f"{row.speedup:>6.2f}x"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="answer a question about an image with the full model and with every method (the main job)",
+        description=__doc__,
+    )
+    parser.add_argument("--image", help="image file (default: the bundled sample scene)")
+    parser.add_argument("--question", help="question about the image (default: the sample's question)")
+    parser.add_argument("--method", action="append", dest="methods", help="method to run (repeatable; default: all)")
+    parser.add_argument("--budget", type=_budget, default=DEFAULT_BUDGET, help="visual tokens kept per image (int) or fraction (float)")
+    parser.add_argument("--model", help="'shapes' (default, shipped), 'tiny' (random weights), a HuggingFace id or a local path")
+    parser.add_argument("--out", default="vlmc-run", help="directory for the PNG (default: ./vlmc-run)")
+    parser.add_argument("--repeats", type=int, default=3, help="timing rounds; the median is reported (default: 3)")
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.set_defaults(func=main)
+
+
+def _budget(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"budget must be an int (tokens) or a float in (0, 1], got {text!r}") from None
+
+
+def main(args: argparse.Namespace) -> int:
+    from .registry import list_methods
+
+    methods = args.methods or list_methods()
+    unknown = [m for m in methods if m not in list_methods()]
+    if unknown:
+        print(f"vlmc run: unknown method(s) {', '.join(unknown)}; valid: {', '.join(list_methods())}", file=sys.stderr)
+        return 2
+    if args.repeats < 1:
+        print("vlmc run: --repeats must be >= 1", file=sys.stderr)
+        return 2
+    image, question, expected, source = default_sample()
+    if args.image:
+        image, source, expected = Image.open(args.image).convert("RGB"), args.image, None
+    question = args.question or question
+    model, processor, model_name, note = load_model(args.model, device=args.device)
+    if note and not args.json:
+        print(f"note: {note}", file=sys.stderr)
+    rows, records = run_job(
+        model,
+        processor,
+        image,
+        question,
+        methods=methods,
+        budget=args.budget,
+        repeats=args.repeats,
+        max_new_tokens=args.max_new_tokens,
+        device=args.device,
+        progress=not args.json,
+    )
+    picture = save_picture(Path(args.out) / "kept_tokens.png", image, processor, records, rows)
+    result = {
+        "model": model_name,
+        "image": source,
+        "question": question,
+        "expected": expected,
+        "budget": args.budget,
+        "device": args.device,
+        "note": note,
+        "rows": [asdict(row) for row in rows],
+        "picture": str(picture) if picture else None,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"model: {model_name}   image: {source}\nquestion: {question}" + (f"   (expected: {expected})" if expected else ""))
+    print(f"budget: {args.budget} visual tokens per image   device: {args.device}\n")
+    print(format_table(rows))
+    if picture:
+        print(f"\nkept tokens: {picture}")
+    return 0
