@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "eval": "vlm_compress.eval.cli",
     "demo": "vlm_compress.demo.cli",
     "bench": "vlm_compress.bench.cli",
+    "zoo": "vlm_compress.zoo.cli",
 }
 
 
