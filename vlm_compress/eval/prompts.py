@@ -14,6 +14,8 @@ INSTRUCTIONS = {
     "short": "Answer the question using a single word or phrase.",
     "yes_no": "Answer the question using a single word or phrase.",
     "multiple_choice": "Answer with the option's letter from the given choices directly.",
+    # the bare question: for models trained without an instruction suffix (the embedded ShapesVQA model)
+    "plain": "",
 }
 
 # config.model_type -> conversation with one image; {text} is the question followed by the instruction
@@ -28,10 +30,10 @@ TEMPLATES = {
 
 
 def question_text(question: str, style: str) -> str:
-    """The question followed by the instruction of ``style`` ("short", "yes_no" or "multiple_choice")."""
+    """The question followed by the instruction of ``style`` ("short", "yes_no", "multiple_choice", "plain")."""
     if style not in INSTRUCTIONS:
         raise ValueError(f"unknown prompt style {style!r}; valid styles: {', '.join(INSTRUCTIONS)}")
-    return f"{question}\n{INSTRUCTIONS[style]}"
+    return f"{question}\n{INSTRUCTIONS[style]}" if INSTRUCTIONS[style] else question
 
 
 def build_prompt(question: str, style: str, *, model_type: str, processor: Any = None) -> str:

@@ -41,9 +41,9 @@ class _GeneratedTask(Task):
 class ShapesVQA(_GeneratedTask):
     name = "shapes-vqa"
     description = "ShapesVQA test split: colour, shape, count, position, existence (some about small objects)"
-    prompt_style = "short"
+    prompt_style = "plain"  # the embedded model was trained on bare questions (zoo.prompt)
     primary_metric = "accuracy"
-    max_new_tokens = 8
+    max_new_tokens = 3
 
     def generate(self, limit: int | None) -> list[EvalSample]:
         items = _shapes().load_split("test", limit)
@@ -69,9 +69,9 @@ class ShapesVQA(_GeneratedTask):
 class ShapesPope(_GeneratedTask):
     name = "shapes-pope"
     description = "ShapesVQA POPE-style existence questions (random, popular, adversarial negatives)"
-    prompt_style = "yes_no"
+    prompt_style = "plain"
     primary_metric = "f1"
-    max_new_tokens = 8
+    max_new_tokens = 3
 
     def generate(self, limit: int | None) -> list[EvalSample]:
         """``limit`` questions of each kind."""
