@@ -43,3 +43,26 @@ def test_model_view_is_what_the_encoder_sees():
     processor = tiny_processor(build_tiny("llava"))
     view = model_view(Image.new("RGB", (200, 100)), processor)
     assert view.size == (96, 96)
+
+
+def test_anyres_records_draw_the_thumbnail_and_every_crop():
+    import vlm_compress as vlmc
+    from vlm_compress.viz import record_overlays
+    from vlm_compress.zoo.synthetic import tiny_next_processor
+
+    model = build_tiny("llava_next", seed=3)
+    processor = tiny_next_processor(model)
+    image = Image.new("RGB", (64, 40), (200, 30, 30))  # 2x2 crops at the 64x64 pinpoint, padding rows cut off
+    inputs = processor(images=[image], text=["<s> w1 <image> w2"], return_tensors="pt")
+    with vlmc.compress(model, "uniform", budget=20) as run:
+        model(**inputs)
+    record = run.report.images[0]
+    panels = record_overlays(image, processor, record, model.config)
+    titles = [title for title, _ in panels]
+    assert titles[0].startswith("thumbnail") and len(panels) == len(record.regions) == 5
+    assert [title.split(":")[0] for title in titles[1:]] == [f"crop ({r}, {c})" for r in (0, 1) for c in (0, 1)]
+    assert all(title.endswith("/12") for title in titles[1:])  # 16 tokens per crop, 4 padding tokens cut
+    kept = [int(title.rsplit(": ", 1)[1].split("/")[0]) for title in titles]
+    assert sum(kept) == 20
+    side = model.config.vision_config.image_size
+    assert all(picture.size == (side, side) for _, picture in panels[1:])

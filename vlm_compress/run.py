@@ -173,20 +173,19 @@ def _fill(row: Row, report: Any) -> None:
 
 
 def save_picture(
-    path: Path, image: Image.Image, processor: Any, records: dict[str, Any], rows: list[Row]
+    path: Path, image: Image.Image, processor: Any, records: dict[str, Any], rows: list[Row], config: Any
 ) -> Path | None:
-    """Per method, the image as the encoder sees it with kept tokens bright and dropped ones dimmed."""
-    from .viz import model_view, overlay_selection, panel_grid
+    """Per method, the image as the encoder sees it with kept tokens bright and dropped ones dimmed (the thumbnail
+    and every crop for AnyRes models)."""
+    from .viz import model_view, panel_grid, record_overlays
 
-    view = model_view(image, processor)
-    panels = [("full", view)]
+    panels = [("full", model_view(image, processor))]
     answers = {row.method: row.answer for row in rows}
     for name, images in records.items():
         record = images[0] if images else None
-        if record is None or record.grid is None or record.selection is None:
-            continue
-        title = f"{name}: {record.tokens_after}/{record.tokens_before} -> {answers.get(name, '')!r}"
-        panels.append((title, overlay_selection(view, record.grid, record.selection)))
+        for title, picture in record_overlays(image, processor, record, config):
+            prefix = f"{name}: {record.tokens_after}/{record.tokens_before} -> {answers.get(name, '')!r}"
+            panels.append((prefix if title == "kept tokens" else f"{name} {title}", picture))
     if len(panels) == 1:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +269,7 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.json,
     )
-    picture = save_picture(Path(args.out) / "kept_tokens.png", image, processor, records, rows)
+    picture = save_picture(Path(args.out) / "kept_tokens.png", image, processor, records, rows, model.config)
     result = {
         "model": model_name,
         "image": source,

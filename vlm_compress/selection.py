@@ -130,6 +130,8 @@ class ImageRecord:
     grid: tuple[int, int] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     selection: Selection | None = field(default=None, repr=False)
+    #: AnyRes images (LLaVA-NeXT): the thumbnail region, then the crops (``TokenRegion``s), for per-crop pictures
+    regions: list[Any] | None = field(default=None, repr=False)
 
     @property
     def ratio(self) -> float:

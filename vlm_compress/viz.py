@@ -126,3 +126,65 @@ def panel_grid(panels: Sequence[tuple[str, Image.Image]], *, columns: int = 4, h
         canvas.paste(row, (0, y))
         y += row.height
     return canvas
+
+
+def anyres_crops(image: Image.Image, pinpoints: Sequence[Sequence[int]], side: int) -> list[Image.Image]:
+    """The high-resolution crops of an AnyRes (LLaVA-NeXT) image as the processor cuts them: resized into the
+    best pinpoint resolution with its aspect ratio kept, padded (black) to it, tiled ``side x side`` row-major."""
+    import math
+
+    from transformers.image_processing_utils import select_best_resolution
+
+    image = image.convert("RGB")
+    height, width = select_best_resolution((image.height, image.width), [list(p) for p in pinpoints])
+    scale_w, scale_h = width / image.width, height / image.height
+    if scale_w < scale_h:
+        new_w, new_h = width, min(math.ceil(image.height * scale_w), height)
+    else:
+        new_w, new_h = min(math.ceil(image.width * scale_h), width), height
+    canvas = Image.new("RGB", (width, height))
+    canvas.paste(image.resize((new_w, new_h), Image.BICUBIC), ((width - new_w) // 2, (height - new_h) // 2))
+    return [
+        canvas.crop((x, y, x + side, y + side)) for y in range(0, height, side) for x in range(0, width, side)
+    ]
+
+
+def overlay_regions(
+    thumbnail: Image.Image, crops: Sequence[Image.Image], regions: Sequence[Any], selection: Selection, num_tokens: int
+) -> list[tuple[str, Image.Image]]:
+    """Per region of an AnyRes image (thumbnail, then each crop) its picture with the kept tokens bright.
+
+    ``regions``: the record's ``TokenRegion``s (indices into the image's flat content tokens, grid, ``valid`` mask
+    of the crop's un-padded tokens); padding tokens of a crop count as dropped.
+    """
+    kept = selection.kept_mask(num_tokens)
+    panels = []
+    for k, region in enumerate(regions):
+        rows, cols = region.grid
+        local = (
+            torch.nonzero(region.valid.flatten()).flatten()
+            if region.valid is not None
+            else torch.arange(rows * cols)
+        )
+        flat = region.indices.to(kept.device)
+        local_kept = local[kept[flat].cpu()]
+        picture = thumbnail if k == 0 else crops[k - 1]
+        title = "thumbnail" if region.position is None else f"crop {region.position}"
+        title += f": {local_kept.numel()}/{local.numel()}"
+        panels.append((title, overlay_selection(picture, (rows, cols), Selection(kept_indices=local_kept))))
+    return panels
+
+
+def record_overlays(image: Image.Image, processor: Any, record: Any, config: Any) -> list[tuple[str, Image.Image]]:
+    """What one image record kept, as titled pictures: one overlay for grid models, the thumbnail and every crop
+    for AnyRes models (LLaVA-NeXT); empty when the tokens have no spatial layout."""
+    if record is None or record.selection is None:
+        return []
+    view = model_view(image, processor)
+    if record.grid is not None:
+        return [("kept tokens", overlay_selection(view, record.grid, record.selection))]
+    if record.regions:
+        vision = config.vision_config
+        crops = anyres_crops(image, config.image_grid_pinpoints, vision.image_size)
+        return overlay_regions(view, crops, record.regions, record.selection, record.tokens_before)
+    return []

@@ -443,6 +443,7 @@ class Adapter:
                     grid=ctx.grid,
                     info=selection.info,
                     selection=selection,
+                    regions=[ctx.thumbnail, *ctx.crops] if ctx.thumbnail is not None and ctx.crops else None,
                 )
             )
 

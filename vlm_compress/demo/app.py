@@ -251,10 +251,13 @@ class Demo:
             compressed, record = self._compressed(inputs, method, budget, hyper)
         view = _for_display(viz.model_view(image, self.processor))
         overlay, heatmap = view, None
-        if record is not None and record.grid is not None and record.selection is not None:
-            overlay = viz.overlay_selection(view, record.grid, record.selection)
+        panels = viz.record_overlays(image, self.processor, record, self.model.config)
+        if len(panels) == 1:
+            overlay = _for_display(panels[0][1])
             if record.selection.scores is not None:
                 heatmap = viz.score_heatmap(view, record.grid, record.selection.scores)
+        elif panels:  # AnyRes: the thumbnail and every crop
+            overlay = viz.panel_grid(panels, columns=min(len(panels), 3), height=view.height)
         elif record is not None:
             notes.append("This model's tokens do not form one grid; no overlay is drawn.")
         return Outcome(
