@@ -77,15 +77,18 @@ class LlavaAdapter(Adapter):
         side = vision_config.image_size // vision_config.patch_size
         return (side, side) if side * side == num_tokens else None
 
-    def encode(self, call: dict[str, Any], is_image: torch.Tensor) -> list[ImageSlot]:
-        pixel_values = call.pop("pixel_values")
+    def pop_feature_options(self, call: dict[str, Any]) -> tuple[Any, str]:
+        """The call's ``vision_feature_layer`` and ``vision_feature_select_strategy`` (the config's by default),
+        popped from ``call``."""
         feature_layer = call.pop("vision_feature_layer", None)
         strategy = call.pop("vision_feature_select_strategy", None)
         feature_layer = self.config.vision_feature_layer if feature_layer is None else feature_layer
         strategy = self.config.vision_feature_select_strategy if strategy is None else strategy
-        extra = {}
-        if call.get("image_sizes") is not None:
-            extra["image_sizes"] = call.pop("image_sizes")
+        return feature_layer, strategy
+
+    def encode_images(self, pixel_values: torch.Tensor, feature_layer: Any, strategy: str, **extra: Any):
+        """One pass of the vision side (hidden states kept for the lazy signals); the per-image features are
+        checked for NaN/inf. Returns the model's output and the features as a list."""
         encoded = self.inner.get_image_features(
             pixel_values=pixel_values,
             vision_feature_layer=feature_layer,
@@ -96,6 +99,15 @@ class LlavaAdapter(Adapter):
         )
         features = list(encoded.pooler_output)
         self.check_finite(features)
+        return encoded, features
+
+    def encode(self, call: dict[str, Any], is_image: torch.Tensor) -> list[ImageSlot]:
+        pixel_values = call.pop("pixel_values")
+        feature_layer, strategy = self.pop_feature_options(call)
+        extra = {}
+        if call.get("image_sizes") is not None:
+            extra["image_sizes"] = call.pop("image_sizes")
+        encoded, features = self.encode_images(pixel_values, feature_layer, strategy, **extra)
         placements = assign_image_slots(is_image, [f.shape[0] for f in features], placeholder="<image>")
         hidden_states = encoded.hidden_states
         signals = ImageSignals(self, call, hidden_states, feature_layer, strategy)

@@ -118,25 +118,13 @@ class LlavaNextAdapter(LlavaAdapter):
                 "LLaVA-NeXT needs image_sizes (one (height, width) per image) with pixel_values; "
                 "build inputs with LlavaNextProcessor"
             )
-        feature_layer = call.pop("vision_feature_layer", None)
-        strategy = call.pop("vision_feature_select_strategy", None)
-        feature_layer = self.config.vision_feature_layer if feature_layer is None else feature_layer
-        strategy = self.config.vision_feature_select_strategy if strategy is None else strategy
+        feature_layer, strategy = self.pop_feature_options(call)
         if strategy != "default":
             raise UnsupportedModelError(
                 f"LLaVA-NeXT with vision_feature_select_strategy={strategy!r} is not supported: its crops only form "
                 "a token grid with 'default' (the [CLS] token dropped)"
             )
-        encoded = self.inner.get_image_features(
-            pixel_values=pixel_values,
-            image_sizes=image_sizes,
-            vision_feature_layer=feature_layer,
-            vision_feature_select_strategy=strategy,
-            output_hidden_states=True,
-            return_dict=True,
-        )
-        packed = list(encoded.pooler_output)
-        self.check_finite(packed)
+        encoded, packed = self.encode_images(pixel_values, feature_layer, strategy, image_sizes=image_sizes)
         placements = assign_image_slots(is_image, [f.shape[0] for f in packed], placeholder="<image>")
         vision = self.config.vision_config
         side = vision.image_size // vision.patch_size
