@@ -265,3 +265,25 @@ def test_llava_feeds_trained_tap_weights_to_the_compressor():
         model(**inputs)
     assert len(seen) == 2 and all(w is not None and w.shape == (144, 4) for w in seen)
     torch.testing.assert_close(seen[0].sum(dim=-1), torch.ones(144))
+
+
+def test_llava_next_maps_tap_weights_onto_each_images_content_tokens():
+    """AnyRes encodes a thumbnail and crops per image: the weights must follow the image's flat token list."""
+    from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
+
+    model = build_tiny("llava_next", seed=33)
+    inputs = tiny_inputs(model, [1, 1], seed=34)
+    seen = []
+    method_cls = vlmc.registry.method_class("tap")
+
+    class Recorder(method_cls):
+        def select(self, ctx):
+            seen.append((ctx.num_tokens, ctx.signals.get("tap_scale_weights")))
+            return super().select(ctx)
+
+    with insert_tap(model.model.vision_tower, init="paper"), vlmc.compress(model, Recorder(budget=8, scale_source="tap")):
+        model(**inputs)
+    assert len(seen) == 2
+    for num_tokens, weights in seen:
+        assert weights.shape == (num_tokens, 4)
+        torch.testing.assert_close(weights.sum(dim=-1), torch.ones(num_tokens))

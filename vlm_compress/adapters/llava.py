@@ -136,19 +136,30 @@ class ImageSignals(text_signals.PromptSignals):
         self.feature_layers = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
         self.drop_cls = strategy == "default"
         self._cls: torch.Tensor | None = None
+        self._tap = self._tap_weights()
+
+    def _tap_weights(self) -> torch.Tensor | None:
+        """``[passes, patches, K]`` scale weights that TAP modules inserted into the tower (``vlmc.insert_tap``)
+        recorded in this call's encoder pass, for the ``tap`` compressor; ``None`` without TAP."""
+        weights = recorded_scale_weights(self.adapter.vision_tower)
+        passes, tokens = self.hidden_states[0].shape[:2]
+        patches = tokens - self._start()
+        if weights is None or weights.shape[0] != passes or weights.shape[1] not in (patches, patches + 1):
+            return None
+        return weights[:, weights.shape[1] - patches :]
+
+    def per_image(self, image: int, per_pass: torch.Tensor) -> torch.Tensor:
+        """Per-encoder-pass values ``[passes, patches, ...]`` -> the image's tokens (one pass per image here)."""
+        return per_pass[image]
 
     def providers(self, image: int, row: int, columns: torch.Tensor, is_image: torch.Tensor) -> dict[str, Any]:
         providers = {
             "vision_features": lambda: self.vision_features(image),
-            "cls_attention": lambda: self.cls_attention()[image],
+            "cls_attention": lambda: self.per_image(image, self.cls_attention()),
             **self.text_providers(row, columns, is_image),
         }
-        # scale weights of TAP modules inserted into the tower (vlmc.insert_tap), for the ``tap`` compressor
-        weights = recorded_scale_weights(self.adapter.vision_tower)
-        patches = self.hidden_states[0].shape[1] - self._start()
-        if weights is not None and weights.shape[0] > image and weights.shape[1] in (patches, patches + 1):
-            offset = weights.shape[1] - patches
-            providers["tap_scale_weights"] = lambda: weights[image, offset:]
+        if self._tap is not None:
+            providers["tap_scale_weights"] = lambda: self.per_image(image, self._tap)
         return providers
 
     def _start(self) -> int:

@@ -231,14 +231,7 @@ class AnyResSignals(ImageSignals):
         self.layouts = layouts
         self.first_patch = first_patch
 
-    def providers(
-        self, image: int, row: int, columns: torch.Tensor, is_image: torch.Tensor
-    ) -> dict[str, Any]:
-        providers = super().providers(image, row, columns, is_image)
-        providers["cls_attention"] = lambda: self._flat(image, self.cls_attention())
-        return providers
-
-    def _flat(self, image: int, per_patch: torch.Tensor) -> torch.Tensor:
+    def per_image(self, image: int, per_patch: torch.Tensor) -> torch.Tensor:
         """``[P, T, ...]`` per-pass values -> ``[N, ...]`` over the image's content tokens."""
         layout = self.layouts[image]
         first = self.first_patch[image]
@@ -249,7 +242,7 @@ class AnyResSignals(ImageSignals):
 
     def vision_features(self, image: int) -> torch.Tensor:
         layers = [self.hidden_states[layer][:, self._start() :] for layer in self.feature_layers]
-        return self._flat(image, torch.cat(layers, dim=-1))
+        return self.per_image(image, torch.cat(layers, dim=-1))
 
     def thumbnail_attention(self, image: int) -> torch.Tensor:
         return self.cls_attention()[self.first_patch[image]]
