@@ -71,8 +71,6 @@ class Qwen2VLAdapter(Adapter):
             raise InputMismatchError("pixel_values need image_grid_thw (the processor returns both)")
         if call.get("mm_token_type_ids") is None:
             call["mm_token_type_ids"] = is_image.int()
-        # the 3-D positions of the full input, before anything is dropped (needs the grid and the image tokens)
-        self._full_positions = self._rope_index(call)
         pixel_values = call.pop("pixel_values")
         captured: dict[str, Any] = {}
 
@@ -121,7 +119,7 @@ class Qwen2VLAdapter(Adapter):
     def default_positions(self, call: dict[str, Any], mode: str) -> torch.Tensor:
         """``[3, B, L]`` M-RoPE positions of the full input; in ``generate`` the text row is prepended
         (``[4, B, L]``), as ``Qwen2VLForConditionalGeneration._prepare_position_ids_for_generation`` does."""
-        positions = self._full_positions
+        positions = self._rope_index(call)  # the call is still the caller's full input here
         if mode != "generate":
             return positions
         text = super().default_positions(call, mode)
