@@ -20,6 +20,7 @@ import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import count
 
 import numpy as np
@@ -300,23 +301,14 @@ def _unique_references(obj: ShapeObject, objects: list[ShapeObject], exclude: st
     return phrases
 
 
-def _colour_questions(scene: Scene, rng: random.Random) -> list[QA]:
+def _attribute_questions(scene: Scene, rng: random.Random, attribute: str) -> list[QA]:
+    """"What <attribute> is the <unique description>?" for every object that can be described without it."""
     out = []
     for obj in scene.objects:
-        phrases = _unique_references(obj, scene.objects, exclude="colour")
+        phrases = _unique_references(obj, scene.objects, exclude=attribute)
         if phrases:
-            question = f"What colour is the {rng.choice(phrases)}?"
-            out.append(QA(question, obj.colour, "colour", obj.size == "small"))
-    return out
-
-
-def _shape_questions(scene: Scene, rng: random.Random) -> list[QA]:
-    out = []
-    for obj in scene.objects:
-        phrases = _unique_references(obj, scene.objects, exclude="shape")
-        if phrases:
-            question = f"What shape is the {rng.choice(phrases)}?"
-            out.append(QA(question, obj.shape, "shape", obj.size == "small"))
+            question = f"What {attribute} is the {rng.choice(phrases)}?"
+            out.append(QA(question, getattr(obj, attribute), attribute, obj.size == "small"))
     return out
 
 
@@ -420,8 +412,8 @@ def _position_questions(scene: Scene, rng: random.Random) -> list[QA]:
 
 
 _FAMILY_BUILDERS = {
-    "colour": _colour_questions,
-    "shape": _shape_questions,
+    "colour": partial(_attribute_questions, attribute="colour"),
+    "shape": partial(_attribute_questions, attribute="shape"),
     "count": _count_questions,
     "exists": _exists_questions,
     "position": _position_questions,
