@@ -22,6 +22,21 @@ SUBCOMMANDS = {
 }
 
 
+def parse_budget(text: str) -> int | float:
+    """``"64"`` -> 64 tokens per image, ``"0.25"`` -> a quarter of each image's tokens."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budget {text!r} is not a number") from None
+    if "." not in text and value.is_integer():
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"a token budget must be >= 1, got {text}")
+        return int(value)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fractional budget must lie in (0, 1], got {text}")
+    return value
+
+
 def _methods(args: argparse.Namespace) -> int:
     from .registry import describe_methods, method_class
 

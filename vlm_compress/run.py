@@ -19,10 +19,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .cli import parse_budget
 from .errors import VlmcError
 
-SHIPPED = Path(__file__).parent / "zoo" / "checkpoints" / "shapes"
-SAMPLES = Path(__file__).parent / "zoo" / "samples"
 DEFAULT_BUDGET = 64
 
 
@@ -44,7 +43,9 @@ class Row:
 
 # ---------------------------------------------------------------------------------------------- loading
 def shipped_model_available() -> bool:
-    return (SHIPPED / "config.json").is_file()
+    from .zoo import CHECKPOINTS_DIR
+
+    return (CHECKPOINTS_DIR / "shapes" / "config.json").is_file()
 
 
 def load_model(spec: str | None, *, device: str = "cpu") -> tuple[Any, Any, str, str | None]:
@@ -65,28 +66,21 @@ def load_model(spec: str | None, *, device: str = "cpu") -> tuple[Any, Any, str,
 
 
 def default_sample() -> tuple[Image.Image, str, str | None, str]:
-    """``(image, question, expected answer or None, where it came from)`` of the bundled sample scene."""
-    metas = sorted(SAMPLES.glob("*.json")) if SAMPLES.is_dir() else []
-    if metas:
-        meta = json.loads(metas[0].read_text())
-        path = metas[0].with_name(meta.get("image", metas[0].stem + ".png"))
-        return Image.open(path).convert("RGB"), meta["question"], meta.get("answer"), str(path)
-    from .bench.models import example_scenes
+    """``(image, question, expected answer, where it came from)`` of the bundled sample scene."""
+    from . import zoo
 
-    return example_scenes()[0], "What is in the image?", None, "generated scene"
+    image, question, answer = zoo.load_sample()
+    return image, question, answer, str(zoo.SAMPLES_DIR / "scene.png")
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _prefill_ms(model: Any, inputs: dict[str, Any], device: str) -> float:
-    _sync(device)
+    from .bench.measure import synchronize
+
+    synchronize(device)
     start = time.perf_counter()
     model(**inputs)
-    _sync(device)
+    synchronize(device)
     return 1000 * (time.perf_counter() - start)
 
 
@@ -219,7 +213,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image", help="image file (default: the bundled sample scene)")
     parser.add_argument("--question", help="question about the image (default: the sample's question)")
     parser.add_argument("--method", action="append", dest="methods", help="method to run (repeatable; default: all)")
-    parser.add_argument("--budget", type=_budget, default=DEFAULT_BUDGET, help="visual tokens kept per image (int) or fraction (float)")
+    parser.add_argument("--budget", type=parse_budget, default=DEFAULT_BUDGET, help="visual tokens kept per image (int) or fraction (float)")
     parser.add_argument("--model", help="'shapes' (default, shipped), 'tiny' (random weights), a HuggingFace id or a local path")
     parser.add_argument("--out", default="vlmc-run", help="directory for the PNG (default: ./vlmc-run)")
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds; the median is reported (default: 3)")
@@ -227,16 +221,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.set_defaults(func=main)
-
-
-def _budget(text: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"budget must be an int (tokens) or a float in (0, 1], got {text!r}") from None
 
 
 def main(args: argparse.Namespace) -> int:

@@ -8,16 +8,9 @@ import logging
 import platform
 from pathlib import Path
 
+from ..cli import parse_budget
+
 logger = logging.getLogger(__name__)
-
-
-def _budget(text: str) -> int | float:
-    try:
-        return float(text) if "." in text else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"a budget is an int (tokens) or a fraction like 0.25, got {text!r}"
-        ) from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -83,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     dtype = models.resolve_dtype(args.dtype)
     device = models.resolve_device(args.device)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    budgets = [_budget(b.strip()) for b in args.budgets.split(",") if b.strip()]
+    budgets = [parse_budget(b.strip()) for b in args.budgets.split(",") if b.strip()]
     import vlm_compress as vlmc
 
     for name in methods:

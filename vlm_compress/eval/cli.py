@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cli import parse_budget
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "shapes"
@@ -23,21 +25,6 @@ _DTYPES = ("float32", "bfloat16", "float16")
 
 def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def parse_budget(text: str) -> int | float:
-    """``"64"`` -> 64 tokens per image, ``"0.25"`` -> a quarter of each image's tokens."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"budget {text!r} is not a number") from None
-    if "." not in text and value.is_integer():
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"a token budget must be >= 1, got {text}")
-        return int(value)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"a fractional budget must lie in (0, 1], got {text}")
-    return value
 
 
 def parse_method_args(items: Sequence[str]) -> dict[str, dict[str, Any]]:
