@@ -136,8 +136,6 @@ class LanguageModelPruner:
         self.pending: PassInfo | None = None
         self._pass: _Pass | None = None
         self._records: weakref.WeakKeyDictionary[Any, _CacheRecord] = weakref.WeakKeyDictionary()
-        if not points:
-            return
         handle.add_hook(language_model.register_forward_pre_hook(self._on_model_start, with_kwargs=True))
         handle.add_hook(language_model.register_forward_hook(self._on_model_end))
         for point in points:
@@ -145,10 +143,6 @@ class LanguageModelPruner:
             handle.add_hook(attention.register_forward_pre_hook(self._capture(point), with_kwargs=True))
         for index in range(points[0], self.num_layers):
             handle.add_hook(self.layers[index].register_forward_pre_hook(self._on_layer(index), with_kwargs=True))
-
-    @property
-    def active(self) -> bool:
-        return bool(self.points)
 
     # ------------------------------------------------------------------ passes
     def _on_model_start(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
