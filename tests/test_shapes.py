@@ -88,6 +88,34 @@ def test_objects_are_drawn_in_their_colour_on_a_textured_background():
     assert background.std(axis=0).min() > 5  # background tokens are not identical
 
 
+def test_patch_targets_label_each_patch_with_the_object_under_it():
+    scene = shapes.random_scene(11, min_objects=6)
+    patch = 8
+    grid = scene.image_size // patch
+    targets = shapes.patch_targets(scene, patch)
+    assert set(targets) == set(shapes.PATCH_TARGETS)
+    assert all(t.shape == (grid * grid,) for t in targets.values())
+    assert targets["centre"].sum() == len(scene.objects)  # non-overlapping objects: one centre patch each
+    mask = shapes.render_mask(scene)
+    for i, obj in enumerate(scene.objects):
+        column, row = int(obj.center[0] * grid), int(obj.center[1] * grid)
+        centre = row * grid + column
+        assert targets["centre"][centre] == 1
+        # the centre patch of a convex object is mostly that object, so it carries the object's attributes
+        if obj.shape in ("circle", "square"):
+            assert targets["colour"][centre] == shapes.COLOURS.index(obj.colour) + 1
+            assert targets["shape"][centre] == shapes.SHAPES.index(obj.shape) + 1
+            assert targets["size"][centre] == shapes.SIZES.index(obj.size) + 1
+        # every patch mostly covered by the object is labelled with it
+        cover = (mask == i + 1).reshape(grid, patch, grid, patch).sum(axis=(1, 3)).reshape(-1)
+        for p in np.nonzero(cover > patch * patch // 2)[0]:
+            assert targets["shape"][p] == shapes.SHAPES.index(obj.shape) + 1
+    background = np.nonzero(mask.reshape(grid, patch, grid, patch).sum(axis=(1, 3)).reshape(-1) == 0)[0]
+    assert all(targets[name][background].max() == 0 for name in ("colour", "shape", "size"))
+    with pytest.raises(ValueError, match="divide"):
+        shapes.patch_targets(scene, 7)
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_every_answer_matches_the_scene(seed):
     scene = shapes.random_scene(seed)

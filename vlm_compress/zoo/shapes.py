@@ -264,6 +264,41 @@ def render_mask(scene: Scene) -> np.ndarray:
     return np.asarray(mask)
 
 
+# Patch targets: an attribute's class is 1 + its index in SHAPES / COLOURS / SIZES; 0 is the background.
+PATCH_TARGETS = {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 1, "size": len(SIZES) + 1, "centre": 2}
+
+
+def patch_targets(scene: Scene, patch_size: int, *, min_cover: float = 0.125) -> dict[str, np.ndarray]:
+    """Per-patch labels of ``scene`` on the ``patch_size`` grid, row-major like a ViT's patch tokens.
+
+    ``colour``, ``shape`` and ``size`` (``[grid * grid]`` int64, classes in :data:`PATCH_TARGETS`) name the object
+    that covers the largest part of the patch, if it covers at least ``min_cover`` of it, else 0; ``centre`` is 1 on
+    the one patch that holds each object's centre. They are the dense targets the embedded model's vision tower
+    is pre-trained on (:mod:`vlm_compress.zoo.train`).
+    """
+    size = scene.image_size
+    if patch_size <= 0 or size % patch_size:
+        raise ValueError(f"patch_size must divide the image size {size}, got {patch_size}")
+    grid = size // patch_size
+    mask = render_mask(scene).reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3)
+    mask = mask.reshape(grid * grid, patch_size * patch_size)
+    targets = {name: np.zeros(grid * grid, dtype=np.int64) for name in PATCH_TARGETS}
+    if not scene.objects:
+        return targets
+    cover = np.stack([(mask == i + 1).sum(1) for i in range(len(scene.objects))], axis=1)
+    owner = cover.argmax(1)
+    for patch in np.nonzero(cover.max(1) >= min_cover * patch_size * patch_size)[0]:
+        obj = scene.objects[owner[patch]]
+        targets["colour"][patch] = COLOURS.index(obj.colour) + 1
+        targets["shape"][patch] = SHAPES.index(obj.shape) + 1
+        targets["size"][patch] = SIZES.index(obj.size) + 1
+    for obj in scene.objects:
+        column = min(grid - 1, int(obj.center[0] * grid))
+        row = min(grid - 1, int(obj.center[1] * grid))
+        targets["centre"][row * grid + column] = 1
+    return targets
+
+
 # ---------------------------------------------------------------------------------------------- questions
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
@@ -302,7 +337,7 @@ def _unique_references(obj: ShapeObject, objects: list[ShapeObject], exclude: st
 
 
 def _attribute_questions(scene: Scene, rng: random.Random, attribute: str) -> list[QA]:
-    """"What <attribute> is the <unique description>?" for every object that can be described without it."""
+    """ "What <attribute> is the <unique description>?" for every object that can be described without it."""
     out = []
     for obj in scene.objects:
         phrases = _unique_references(obj, scene.objects, exclude=attribute)
