@@ -68,20 +68,95 @@ def test_shared_prefix_loss_equals_the_loss_of_separate_sequences():
     torch.testing.assert_close(shared, separate)
 
 
+def _losses_of_repeated_steps(params, compute_loss, steps: int = 8) -> list[float]:
+    """Losses of ``steps`` AdamW steps on one fixed batch."""
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    losses = []
+    for _ in range(steps):
+        loss = compute_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def test_training_steps_lower_the_loss():
     torch.manual_seed(0)
     model = zoo_model.build_model(TINY)
     tokenizer = zoo_model.build_tokenizer()
     images, questions = next(zoo_train.training_batches(1, 0, 2, 4, TINY.image_size))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = zoo_train.shared_prefix_loss(model, tokenizer, images, questions, TINY.image_size)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = _losses_of_repeated_steps(
+        model.parameters(),
+        lambda: zoo_train.shared_prefix_loss(model, tokenizer, images, questions, TINY.image_size),
+    )
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_vision_pretraining_steps_lower_the_probe_loss():
+    torch.manual_seed(0)
+    model = zoo_model.build_model(TINY)
+    probe = zoo_train.PatchProbe(TINY.vision_hidden)
+    images, targets = next(zoo_train.vision_batches(0, 0, 4, TINY.image_size, TINY.patch_size))
+    assert targets["colour"].shape == (4, (TINY.image_size // TINY.patch_size) ** 2)
+    losses = _losses_of_repeated_steps(
+        zoo_train._trainable(model, "vision") + list(probe.parameters()),
+        lambda: zoo_train.vision_loss(model, probe, images, targets, TINY.image_size),
+    )
+    assert losses[-1] < 0.8 * losses[0]
+    accuracy = zoo_train.probe_accuracy(model, probe, [shapes.random_scene(s, 64) for s in range(3)], 64)
+    assert set(accuracy) == {"colour", "shape", "size", "centre_recall", "centre_precision"}
+    assert all(0 <= v <= 100 for v in accuracy.values())
+
+
+def test_answer_stage_freezes_the_vision_tower():
+    model = zoo_model.build_model(TINY)
+    params = zoo_train._trainable(model, "answers")
+    vision = list(model.model.vision_tower.parameters())
+    assert not any(p.requires_grad for p in vision)
+    assert {id(p) for p in params}.isdisjoint(id(p) for p in vision)
+    assert {id(p) for p in params} | {id(p) for p in vision} == {id(p) for p in model.parameters()}
+    tokenizer = zoo_model.build_tokenizer()
+    images, questions = next(zoo_train.training_batches(0, 0, 2, 2, TINY.image_size))
+    zoo_train.shared_prefix_loss(model, tokenizer, images, questions, TINY.image_size).backward()
+    assert all(p.grad is None for p in vision)
+    assert all(p.grad is not None for p in model.model.multi_modal_projector.parameters())
+    # without stage 1 (the shipped recipe) the answers' loss trains every weight, the vision tower included
+    everything = zoo_train._trainable(model, "answers", freeze_vision=False)
+    assert len(everything) == len(list(model.parameters())) and all(p.requires_grad for p in vision)
+
+
+def test_curriculum_starts_with_single_objects_and_reaches_full_scenes():
+    schedule = [zoo_train.curriculum_max_objects(step, 800) for step in range(0, 1000, 50)]
+    assert schedule[0] == 1 and schedule == sorted(schedule)
+    assert set(schedule) == set(range(1, shapes.MAX_OBJECTS + 1))
+    assert (
+        zoo_train.curriculum_max_objects(800, 800)
+        == zoo_train.curriculum_max_objects(5, 0)
+        == shapes.MAX_OBJECTS
+    )
+    images, questions = next(zoo_train.training_batches(0, 0, 4, 3, TINY.image_size, curriculum_steps=800))
+    assert len(images) == 4 and all(questions)
+    # one object per scene: every count question has answer 0 or 1
+    counts = [qa.answer for qas in questions for qa in qas if qa.family == "count"]
+    assert set(counts) <= {"0", "1"}
+
+
+def test_sharpened_attention_init_scales_only_queries_and_keys():
+    model = zoo_model.build_model(TINY, seed=3)
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    zoo_train.sharpen_attention_init(model, 8.0)
+    for name, p in model.named_parameters():
+        scaled = "language_model" in name and ("q_proj" in name or "k_proj" in name)
+        torch.testing.assert_close(p, before[name] * (8.0 if scaled else 1.0))
+
+
+@pytest.mark.parametrize(
+    "bad", [{"steps": 0}, {"vision_steps": -1}, {"curriculum_steps": -5}, {"attention_init_scale": 0.0}]
+)
+def test_bad_training_config_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match=f"{next(iter(bad))} must be"):
+        zoo_train.TrainConfig(**bad)
 
 
 def test_smoke_training_saves_loads_and_resumes(tmp_path):
@@ -89,6 +164,8 @@ def test_smoke_training_saves_loads_and_resumes(tmp_path):
 
     config = zoo_train.TrainConfig(
         steps=3,
+        vision_steps=2,
+        vision_images_per_step=2,
         images_per_step=2,
         questions_per_image=2,
         warmup_steps=1,
@@ -99,15 +176,22 @@ def test_smoke_training_saves_loads_and_resumes(tmp_path):
         dims=TINY,
     )
     summary = zoo_train.train(config, tmp_path)
-    assert [h["step"] for h in summary["history"]] == [2, 3]
+    # steps count across both stages: vision validated at its end (2), answers every 2 steps and at the end
+    assert [(h["step"], h["stage"]) for h in summary["history"]] == [
+        (2, "vision"),
+        (4, "answers"),
+        (5, "answers"),
+    ]
+    assert set(summary["history"][0]["val"]) >= {"colour", "shape", "centre_recall"}
     model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "model").eval()
     processor = AutoProcessor.from_pretrained(tmp_path / "model")
     assert model.config.image_token_id == zoo_model.IMAGE_TOKEN_ID
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == zoo_model.IMAGE_TOKEN_ID
-    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 3
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert (state["step"], state["stage"]) == (5, "answers")
     longer = zoo_train.TrainConfig(**{**config.__dict__, "steps": 4})
     resumed = zoo_train.train(longer, tmp_path, resume=True)
-    assert [h["step"] for h in resumed["history"]] == [2, 3, 4]
+    assert [h["step"] for h in resumed["history"]] == [2, 4, 5, 6]
 
 
 # ------------------------------------------------------------------------------------------- shipped model

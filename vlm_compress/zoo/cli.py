@@ -19,10 +19,22 @@ def _train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = {
         key: getattr(args, key)
-        for key in ("steps", "images_per_step", "questions_per_image", "learning_rate", "threads")
+        for key in (
+            "steps",
+            "vision_steps",
+            "images_per_step",
+            "questions_per_image",
+            "learning_rate",
+            "vision_learning_rate",
+            "curriculum_steps",
+            "threads",
+        )
         if getattr(args, key) is not None
     }
-    config = TrainConfig(seed=args.seed, dims=ModelDims(), **overrides)
+    if args.attention_init_scale is not None:
+        overrides["attention_init_scale"] = args.attention_init_scale
+    dims = ModelDims() if args.vision_layers is None else ModelDims(vision_layers=args.vision_layers)
+    config = TrainConfig(seed=args.seed, dims=dims, **overrides)
     summary = train(config, args.out, resume=args.resume)
     print(json.dumps({"best_val_accuracy": summary["best_val_accuracy"], "model": f"{args.out}/model"}))
     return 0
@@ -69,10 +81,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, help="run directory: last.pt, model/, summary.json")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    train.add_argument("--steps", type=int)
+    train.add_argument("--steps", type=int, help="stage-2 (question answering) steps")
+    train.add_argument(
+        "--vision-steps", type=int, dest="vision_steps", help="stage-1 (vision pre-training) steps"
+    )
+    train.add_argument(
+        "--curriculum-steps",
+        type=int,
+        dest="curriculum_steps",
+        help="stage-2 steps over which scenes grow from 1 to 9 objects (0: no curriculum)",
+    )
+    train.add_argument(
+        "--attention-init-scale",
+        type=float,
+        dest="attention_init_scale",
+        help="multiply the language model's initial query/key projections (default 1)",
+    )
+    train.add_argument(
+        "--vision-layers", type=int, dest="vision_layers", help="vision tower depth (default 2)"
+    )
     train.add_argument("--images-per-step", type=int, dest="images_per_step")
     train.add_argument("--questions-per-image", type=int, dest="questions_per_image")
-    train.add_argument("--learning-rate", type=float, dest="learning_rate")
+    train.add_argument("--learning-rate", type=float, dest="learning_rate", help="stage-2 peak learning rate")
+    train.add_argument(
+        "--vision-learning-rate", type=float, dest="vision_learning_rate", help="stage-1 peak learning rate"
+    )
     train.add_argument("--threads", type=int)
     train.set_defaults(func=_train)
 
