@@ -2,6 +2,7 @@
 save/load/resume, the shipped checkpoint, and the ``vlmc zoo`` command line."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -159,6 +160,37 @@ def test_bad_training_config_is_a_clear_error(bad):
         zoo_train.TrainConfig(**bad)
 
 
+def test_attention_supervision_adds_minus_log_attention_on_object_patches():
+    model = zoo_model.build_model(TINY).eval()
+    tokenizer = zoo_model.build_tokenizer()
+    batches = zoo_train.training_batches(0, 0, 2, 3, TINY.image_size, object_patch_size=TINY.patch_size)
+    images, questions, objects = next(batches)
+    assert objects.shape == (2, (TINY.image_size // TINY.patch_size) ** 2) and objects.dtype == torch.bool
+    assert objects.any(dim=1).all()
+
+    def loss(object_patches, weight):
+        return zoo_train.shared_prefix_loss(
+            model,
+            tokenizer,
+            images,
+            questions,
+            TINY.image_size,
+            object_patches=object_patches,
+            attention_weight=weight,
+        )
+
+    with pytest.raises(ValueError, match="eager"):
+        loss(objects, 1.0)
+    model.set_attn_implementation("eager")
+    plain = loss(None, 0.0)
+    everywhere = loss(torch.ones_like(objects), 1.0) - plain  # -log(attention on the whole image) >= 0
+    nowhere = loss(torch.zeros_like(objects), 1.0) - plain  # -log(1e-6)
+    on_objects = loss(objects, 1.0) - plain
+    assert 0 < everywhere < on_objects < nowhere
+    torch.testing.assert_close(nowhere, torch.tensor(-math.log(1e-6)), atol=1e-3, rtol=0)
+    torch.testing.assert_close(loss(objects, 2.0) - plain, 2 * on_objects)
+
+
 def test_smoke_training_saves_loads_and_resumes(tmp_path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -192,6 +224,30 @@ def test_smoke_training_saves_loads_and_resumes(tmp_path):
     longer = zoo_train.TrainConfig(**{**config.__dict__, "steps": 4})
     resumed = zoo_train.train(longer, tmp_path, resume=True)
     assert [h["step"] for h in resumed["history"]] == [2, 4, 5, 6]
+
+
+def test_two_stage_training_with_every_option_saves_a_normal_checkpoint(tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    config = zoo_train.TrainConfig(
+        steps=2,
+        vision_steps=1,
+        vision_images_per_step=2,
+        images_per_step=2,
+        questions_per_image=2,
+        warmup_steps=1,
+        eval_every=2,
+        eval_samples=4,
+        threads=1,
+        dims=TINY,
+        curriculum_steps=2,
+        attention_init_scale=4.0,
+        attention_supervision=1.0,
+    )
+    summary = zoo_train.train(config, tmp_path)
+    assert [(h["step"], h["stage"]) for h in summary["history"]] == [(1, "vision"), (3, "answers")]
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "model")
+    assert model.config._attn_implementation != "eager"  # eager was a training-time choice, not saved
 
 
 # ------------------------------------------------------------------------------------------- shipped model

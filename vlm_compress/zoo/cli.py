@@ -31,8 +31,9 @@ def _train(args: argparse.Namespace) -> int:
         )
         if getattr(args, key) is not None
     }
-    if args.attention_init_scale is not None:
-        overrides["attention_init_scale"] = args.attention_init_scale
+    for key in ("attention_init_scale", "attention_supervision"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
     dims = ModelDims() if args.vision_layers is None else ModelDims(vision_layers=args.vision_layers)
     config = TrainConfig(seed=args.seed, dims=dims, **overrides)
     summary = train(config, args.out, resume=args.resume)
@@ -96,6 +97,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         dest="attention_init_scale",
         help="multiply the language model's initial query/key projections (default 1)",
+    )
+    train.add_argument(
+        "--attention-supervision",
+        type=float,
+        dest="attention_supervision",
+        help="weight of the loss that steers the answer position's attention onto object patches (default 0)",
     )
     train.add_argument(
         "--vision-layers", type=int, dest="vision_layers", help="vision tower depth (default 2)"

@@ -55,6 +55,7 @@ class TrainConfig:
     centre_weight: float = 3.0
     curriculum_steps: int = 0
     attention_init_scale: float = 1.0
+    attention_supervision: float = 0.0
     images_per_step: int = 8
     questions_per_image: int = 12
     learning_rate: float = 3e-3
@@ -76,6 +77,7 @@ class TrainConfig:
                 ("vision_steps", ">= 0", self.vision_steps >= 0),
                 ("curriculum_steps", ">= 0", self.curriculum_steps >= 0),
                 ("attention_init_scale", "> 0", self.attention_init_scale > 0),
+                ("attention_supervision", ">= 0", self.attention_supervision >= 0),
                 ("images_per_step", ">= 1", self.images_per_step >= 1),
                 ("vision_images_per_step", ">= 1", self.vision_images_per_step >= 1),
                 ("questions_per_image", ">= 1", self.questions_per_image >= 1),
@@ -122,14 +124,17 @@ def training_batches(
     questions_per_image: int,
     image_size: int,
     curriculum_steps: int = 0,
-) -> Iterator[tuple[list, list[list[shapes.QA]]]]:
+    object_patch_size: int | None = None,
+) -> Iterator[tuple]:
     """Batches ``(images, questions per image)`` from step ``start_step`` on; step ``k``'s batch depends only
     on ``(seed, k)``, so a resumed run sees the same data as an uninterrupted one. Scenes hold at most
-    :func:`curriculum_max_objects` objects: simple scenes first, as in curriculum learning."""
+    :func:`curriculum_max_objects` objects: simple scenes first, as in curriculum learning. With
+    ``object_patch_size``, batches are ``(images, questions, object_patches)`` (``[B, grid²]`` bool: patches
+    :func:`shapes.patch_targets` puts an object on)."""
     step = start_step
     while True:
         rng = random.Random(f"shapesvqa-train-step:{seed}:{step}")
-        images, questions = [], []
+        images, questions, objects = [], [], []
         index = 0
         most = curriculum_max_objects(step, curriculum_steps)
         while len(images) < images_per_step:
@@ -140,7 +145,11 @@ def training_batches(
             if qas:
                 images.append(shapes.render_scene(scene))
                 questions.append(qas)
-        yield images, questions
+                if object_patch_size is not None:
+                    objects.append(
+                        torch.from_numpy(shapes.patch_targets(scene, object_patch_size)["shape"] > 0)
+                    )
+        yield (images, questions) if object_patch_size is None else (images, questions, torch.stack(objects))
         step += 1
 
 
@@ -149,9 +158,32 @@ def _prefix_ids(tokenizer, num_images: int, num_image_tokens: int) -> torch.Tens
     return prefix[:-2].unsqueeze(0).expand(num_images, -1)  # drop "assistant :"
 
 
-def shared_prefix_loss(model, tokenizer, images, questions: list[list[shapes.QA]], image_size: int):
-    """Mean cross-entropy of the answers (and ``</s>``) of every question, sharing each image's prefix."""
+def shared_prefix_loss(
+    model,
+    tokenizer,
+    images,
+    questions: list[list[shapes.QA]],
+    image_size: int,
+    *,
+    object_patches: torch.Tensor | None = None,
+    attention_weight: float = 0.0,
+):
+    """Mean cross-entropy of the answers (and ``</s>``) of every question, sharing each image's prefix.
+
+    With ``attention_weight > 0`` and ``object_patches`` (``[images, grid²]`` bool), adds ``attention_weight``
+    times the attention-supervision loss: for every layer, ``-log`` of the attention that the position predicting
+    the answer puts on the image's object patches, in the head that puts the most there (the other heads stay
+    free to read the question). Needs the eager attention implementation
+    (it reads attention probabilities).
+    """
     from transformers import DynamicCache
+
+    supervise = attention_weight > 0
+    if supervise and (object_patches is None or model.config._attn_implementation != "eager"):
+        raise ValueError(
+            "attention supervision needs object_patches and a model with attn_implementation='eager' "
+            f"(got {model.config._attn_implementation!r})"
+        )
 
     config = model.config
     num_image_tokens = (image_size // config.vision_config.patch_size) ** 2
@@ -176,8 +208,25 @@ def shared_prefix_loss(model, tokenizer, images, questions: list[list[shapes.QA]
     attention_mask = torch.cat(
         [torch.ones(len(flat), cut, dtype=torch.long), batch["attention_mask"][:, cut:]], dim=1
     )
-    out = model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, labels=labels)
-    return out.loss
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        labels=labels,
+        output_attentions=supervise,
+    )
+    if not supervise:
+        return out.loss
+    rows = torch.arange(len(flat))
+    asking = (labels != -100).float().argmax(dim=1) - 1  # the position whose next token is the answer
+    image_start = cut - num_image_tokens
+    on_objects = object_patches.repeat_interleave(counts, dim=0).float()
+    aux = 0.0
+    for attention in out.attentions:  # [rows, heads, suffix, prefix + suffix]
+        on_image = attention[rows, :, asking, image_start:cut]  # [rows, heads, image tokens]
+        best_head = (on_image * on_objects[:, None]).sum(dim=-1).amax(dim=1)
+        aux = aux - torch.log(best_head + 1e-6).mean()
+    return out.loss + attention_weight * aux / len(out.attentions)
 
 
 def vision_batches(seed: int, start_step: int, images_per_step: int, image_size: int, patch_size: int):
@@ -315,6 +364,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
     tokenizer = processor.tokenizer
     model = zoo_model.build_model(config.dims, seed=config.seed)
     sharpen_attention_init(model, config.attention_init_scale)
+    if config.attention_supervision > 0:
+        model.set_attn_implementation("eager")  # attention supervision reads attention probabilities
     probe = PatchProbe(config.dims.vision_hidden)
     image_size, patch_size = config.dims.image_size, config.dims.patch_size
     total = config.vision_steps + config.steps
@@ -352,6 +403,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
                     config.questions_per_image,
                     image_size,
                     config.curriculum_steps,
+                    patch_size if config.attention_supervision > 0 else None,
                 )
             optimizer = torch.optim.AdamW(
                 params, lr=peak, weight_decay=config.weight_decay, betas=(0.9, 0.98)
@@ -375,8 +427,16 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
             images, targets = next(batches)
             loss = vision_loss(model, probe, images, targets, image_size, config.centre_weight)
         else:
-            images, questions = next(batches)
-            loss = shared_prefix_loss(model, tokenizer, images, questions, image_size)
+            images, questions, *objects = next(batches)
+            loss = shared_prefix_loss(
+                model,
+                tokenizer,
+                images,
+                questions,
+                image_size,
+                object_patches=objects[0] if objects else None,
+                attention_weight=config.attention_supervision,
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
