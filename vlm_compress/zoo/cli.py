@@ -27,13 +27,12 @@ def _train(args: argparse.Namespace) -> int:
             "learning_rate",
             "vision_learning_rate",
             "curriculum_steps",
+            "attention_init_scale",
+            "attention_supervision",
             "threads",
         )
         if getattr(args, key) is not None
     }
-    for key in ("attention_init_scale", "attention_supervision"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
     dims = ModelDims() if args.vision_layers is None else ModelDims(vision_layers=args.vision_layers)
     config = TrainConfig(seed=args.seed, dims=dims, **overrides)
     summary = train(config, args.out, resume=args.resume)

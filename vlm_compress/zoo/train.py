@@ -1,22 +1,26 @@
 """Train the embedded ShapesVQA LLaVA from scratch on a CPU, end to end or in two stages.
 
 The defaults (``vision_steps=0``) reproduce the shipped checkpoint: one stage that trains every weight through
-the answers' loss. With ``vision_steps > 0`` training has two stages (see ``docs/zoo.md`` for what each measured):
+the answers' loss. With ``vision_steps > 0`` training has two stages (see ``docs/zoo.md`` for what each
+measured):
 
 **Stage 1, vision pre-training** (``vision_steps``; LLaVA starts from a pre-trained CLIP, we have none): the
 vision tower and a linear probe on its patch tokens (the features LLaVA feeds its projector) learn dense
-per-patch targets rendered with each scene (:func:`shapes.patch_targets`): colour, shape and size of the object
-under the patch, and whether the patch holds an object's centre. The probe is training scaffolding and is not part
-of the saved model.
+per-patch targets rendered with each scene (:func:`shapes.patch_targets`): colour, shape and size of the
+object under the patch, and whether the patch holds an object's centre. The probe is training scaffolding and
+is not part of the saved model.
 
 **Stage 2, visual instruction tuning** (``steps``): the vision tower is frozen, as in LLaVA; the projector and
 the language model learn to answer, optionally on scenes that grow from one object to nine
-(``curriculum_steps``) and with sharper initial attention (``attention_init_scale``). Each step renders ``images_per_step`` fresh scenes and asks ``questions_per_image`` family-balanced questions
-about each. The prompt puts the image before the question, so under causal attention the language model's
-states over ``<s> USER: <image> x 576`` do not depend on the question: the step runs that prefix once per image
-(vision tower, projector, language model, with its KV cache kept in the autograd graph) and the questions of
-that image on top of the cache. The loss is the same as running every (image, question) sequence on its own;
-the prefix, which is ~98% of the sequence, is paid once per image instead of once per question.
+(``curriculum_steps``), with sharper initial attention (``attention_init_scale``) and with attention
+supervision onto object patches (``attention_supervision``).
+
+Each answering step renders ``images_per_step`` fresh scenes and asks ``questions_per_image`` family-balanced
+questions about each. The prompt puts the image before the question, so under causal attention the language
+model's states over ``<s> USER: <image> x 576`` do not depend on the question: the step runs that prefix once
+per image (vision tower, projector, language model, with its KV cache kept in the autograd graph) and the
+questions of that image on top of the cache. The loss is the same as running every (image, question) sequence
+on its own; the prefix, which is ~98% of the sequence, is paid once per image instead of once per question.
 
 Checkpoints: ``DIR/last.pt`` (model, optimiser, step; ``--resume`` continues from it) every
 ``checkpoint_every`` steps, and ``DIR/model/`` (``save_pretrained`` of model and processor) whenever the
@@ -173,8 +177,7 @@ def shared_prefix_loss(
     With ``attention_weight > 0`` and ``object_patches`` (``[images, grid²]`` bool), adds ``attention_weight``
     times the attention-supervision loss: for every layer, ``-log`` of the attention that the position predicting
     the answer puts on the image's object patches, in the head that puts the most there (the other heads stay
-    free to read the question). Needs the eager attention implementation
-    (it reads attention probabilities).
+    free to read the question). Needs the eager attention implementation (it reads attention probabilities).
     """
     from transformers import DynamicCache
 
@@ -385,8 +388,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
     progress = tqdm(range(start_step, total), initial=start_step, total=total, mininterval=5)
     running, started, stage, optimizer, batches = None, time.time(), None, None, None
     for step in progress:
-        if stage != ("vision" if step < config.vision_steps else "answers"):
-            stage = "vision" if step < config.vision_steps else "answers"
+        wanted = "vision" if step < config.vision_steps else "answers"
+        if stage != wanted:
+            stage = wanted
             if stage == "vision":
                 params = _trainable(model, stage) + list(probe.parameters())
                 peak = config.vision_learning_rate
@@ -408,7 +412,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
             optimizer = torch.optim.AdamW(
                 params, lr=peak, weight_decay=config.weight_decay, betas=(0.9, 0.98)
             )
-            if state is not None and state.get("stage") == stage:
+            # checkpoints of single-stage runs carry no "stage": they were answering
+            if state is not None and state.get("stage", "answers") == stage:
                 optimizer.load_state_dict(state["optimizer"])
             running = None
             progress.set_description(stage)
@@ -453,14 +458,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
             else:
                 accuracy = answer_accuracy(model, processor, val)
             model.train()
-            record = {
-                "step": done,
-                "stage": stage,
-                "loss": round(running, 4),
-                "val": accuracy,
-                "minutes": round((time.time() - started) / 60, 1),
-            }
-            history.append(record)
+            history.append(
+                {
+                    "step": done,
+                    "stage": stage,
+                    "loss": round(running, 4),
+                    "val": accuracy,
+                    "minutes": round((time.time() - started) / 60, 1),
+                }
+            )
             logger.info("step %d (%s) loss %.3f val %s", done, stage, running, json.dumps(accuracy))
             progress.write(f"step {done} ({stage}) loss {running:.3f} val {json.dumps(accuracy)}")
             # ties: keep the later, longer-trained model
