@@ -191,10 +191,9 @@ def test_attention_supervision_adds_minus_log_attention_on_object_patches():
     torch.testing.assert_close(loss(objects, 2.0) - plain, 2 * on_objects)
 
 
-def test_smoke_training_saves_loads_and_resumes(tmp_path):
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    config = zoo_train.TrainConfig(
+def _smoke_config(**overrides) -> zoo_train.TrainConfig:
+    """A two-stage run of a few tiny steps: vision validated at its end, answers every 2 steps."""
+    settings = dict(
         steps=3,
         vision_steps=2,
         vision_images_per_step=2,
@@ -207,6 +206,13 @@ def test_smoke_training_saves_loads_and_resumes(tmp_path):
         threads=1,
         dims=TINY,
     )
+    return zoo_train.TrainConfig(**{**settings, **overrides})
+
+
+def test_smoke_training_saves_loads_and_resumes(tmp_path):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    config = _smoke_config()
     summary = zoo_train.train(config, tmp_path)
     # steps count across both stages: vision validated at its end (2), answers every 2 steps and at the end
     assert [(h["step"], h["stage"]) for h in summary["history"]] == [
@@ -229,20 +235,8 @@ def test_smoke_training_saves_loads_and_resumes(tmp_path):
 def test_two_stage_training_with_every_option_saves_a_normal_checkpoint(tmp_path):
     from transformers import LlavaForConditionalGeneration
 
-    config = zoo_train.TrainConfig(
-        steps=2,
-        vision_steps=1,
-        vision_images_per_step=2,
-        images_per_step=2,
-        questions_per_image=2,
-        warmup_steps=1,
-        eval_every=2,
-        eval_samples=4,
-        threads=1,
-        dims=TINY,
-        curriculum_steps=2,
-        attention_init_scale=4.0,
-        attention_supervision=1.0,
+    config = _smoke_config(
+        steps=2, vision_steps=1, curriculum_steps=2, attention_init_scale=4.0, attention_supervision=1.0
     )
     summary = zoo_train.train(config, tmp_path)
     assert [(h["step"], h["stage"]) for h in summary["history"]] == [(1, "vision"), (3, "answers")]
