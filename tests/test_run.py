@@ -29,6 +29,11 @@ def test_run_json_reports_every_method_and_fewer_positions(tmp_path, capsys):
     assert rows["fastv"]["lm_positions"] < full  # layers >= 2 run on 16 visual tokens
     assert rows["fastv"]["lm_positions_per_layer"][2] == full - (144 - 16)
     assert all(row["prefill_ms"] > 0 and row["speedup"] > 0 for row in rows.values())
+    # LM FLOPs from the positions per layer: input-side pruning shortens every layer, FastV only layers >= 2
+    assert rows["full"]["lm_flops"] == 1.0
+    assert 0 < rows["uniform"]["lm_flops"] < rows["fastv"]["lm_flops"] < 1.0
+    assert rows["uniform"]["schedule"] == str(int(full) - (144 - 16))
+    assert rows["fastv"]["schedule"] == f"{int(full)} -> {int(full) - (144 - 16)} after layer 2"
     assert (tmp_path / "kept_tokens.png").is_file() and result["picture"] == str(tmp_path / "kept_tokens.png")
 
 
@@ -38,8 +43,51 @@ def test_run_table_output(tmp_path, capsys):
     assert "method" in out and "speedup" in out and "random" in out and "kept tokens:" in out
 
 
+def test_lm_flops_follow_the_positions_of_each_layer():
+    from transformers import LlamaConfig
+
+    from vlm_compress.run import layer_flops, lm_flops, schedule
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
+    # projections 2*n*d*d + 2*n*d*(d/2), scores and weighted sum 2*n*n*d, gated MLP 3*n*d*m
+    n, d, m = 10, 64, 128
+    assert layer_flops(n, config) == 2 * n * d * d + 2 * n * d * d // 2 + 2 * n * n * d + 3 * n * d * m
+    assert lm_flops([10, 10, 4], config) == 2 * layer_flops(10, config) + layer_flops(4, config)
+    assert schedule([616, 616, 104, 104, 40]) == "616 -> 104 after layer 2 -> 40 after layer 4"
+    assert schedule([80, 80]) == "80"
+
+
+def test_the_table_footer_explains_timings_and_slower_rows():
+    from vlm_compress.run import format_table
+
+    rows = [
+        Row(method="full", answer="red", lm_positions=160, prefill_ms=20.0, schedule="160"),
+        Row(method="mmtok", answer="red", visual_tokens_before=144, visual_tokens_after=16, lm_positions=32,
+            prefill_ms=25.0, speedup=0.8, selection_ms=6.0, lm_flops=0.2, schedule="32"),
+        Row(method="fastv", answer="red", visual_tokens_before=144, visual_tokens_after=16, lm_positions=96,
+            prefill_ms=15.0, speedup=1.33, lm_flops=0.55, schedule="160 -> 32 after layer 2"),
+    ]
+    table = format_table(rows)
+    assert "160 -> 32 after layer 2" in table and " 20% " in table
+    assert "vlmc bench --synthetic llava-1.5-7b" in table
+    assert "mmtok is slower than full here" in table and "6.0 ms" in table
+    assert "fastv is slower" not in table
+
+
 def test_run_rejects_unknown_methods_and_bad_budgets(capsys):
     assert main(["run", "--method", "nope"]) == 2
     assert "valid:" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["run", "--budget", "lots"])
+
+
+def test_default_budgets_are_the_same_share_of_every_model():
+    from vlm_compress.cli import DEFAULT_BUDGET, DEFAULT_BUDGETS, describe_budget, parse_budget
+    from vlm_compress.methods.base import resolve_budget
+
+    budgets = [parse_budget(b) for b in DEFAULT_BUDGETS.split(",")]
+    assert [resolve_budget(b, 576) for b in budgets] == [64, 128, 192, 576]
+    assert [resolve_budget(b, 144) for b in budgets] == [16, 32, 48, 144]
+    assert resolve_budget(DEFAULT_BUDGET, 576) == 64 and resolve_budget(DEFAULT_BUDGET, 144) == 16
+    assert describe_budget(16) == "16 visual tokens per image"
+    assert describe_budget(0.111) == "11.1% of each image's visual tokens"

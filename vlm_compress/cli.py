@@ -22,6 +22,19 @@ SUBCOMMANDS = {
 }
 
 
+# Default budgets as fractions of each image's visual tokens, LLaVA-1.5's usual 64 / 128 / 192 of 576: the same
+# share on every model (16 / 32 / 48 of the embedded model's 144 tokens).
+DEFAULT_BUDGET = 64 / 576
+DEFAULT_BUDGETS = "0.111,0.222,0.333,1.0"
+
+
+def describe_budget(budget: int | float) -> str:
+    """``64`` -> ``"64 visual tokens per image"``, ``0.111`` -> ``"11.1% of each image's visual tokens"``."""
+    if isinstance(budget, float):
+        return f"{100 * budget:.1f}% of each image's visual tokens"
+    return f"{budget} visual tokens per image"
+
+
 def parse_budget(text: str) -> int | float:
     """``"64"`` -> 64 tokens per image, ``"0.25"`` -> a quarter of each image's tokens."""
     try:

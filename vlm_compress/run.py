@@ -19,10 +19,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .cli import parse_budget
+from .cli import DEFAULT_BUDGET, describe_budget, parse_budget
 from .errors import VlmcError
-
-DEFAULT_BUDGET = 64
 
 
 @dataclass
@@ -38,6 +36,8 @@ class Row:
     prefill_ms: float = 0.0
     speedup: float = 1.0
     selection_ms: float = 0.0
+    lm_flops: float = 1.0
+    schedule: str = ""
     error: str | None = None
 
 
@@ -144,10 +144,47 @@ def run_job(
                 steps.update()
         steps.close()
     full_ms = statistics.median(times["full"])
+    text_config = model.config.get_text_config()
+    layers = text_config.num_hidden_layers
+    full_flops = lm_flops([round(rows["full"].lm_positions)] * layers, text_config)
     for name in runnable:
-        rows[name].prefill_ms = statistics.median(times[name])
-        rows[name].speedup = full_ms / rows[name].prefill_ms
+        row = rows[name]
+        row.prefill_ms = statistics.median(times[name])
+        row.speedup = full_ms / row.prefill_ms
+        per_layer = row.lm_positions_per_layer or [round(row.lm_positions)] * layers
+        row.lm_flops = lm_flops(per_layer, text_config) / full_flops
+        row.schedule = schedule(per_layer)
     return list(rows.values()), records
+
+
+def layer_flops(positions: int, text_config: Any) -> float:
+    """Multiply-adds of one decoder layer of ``text_config`` over ``positions`` tokens (prefill): the q/k/v/o
+    projections, the attention scores and weighted sum, and the gated MLP (FastV's count, with GQA)."""
+    d = text_config.hidden_size
+    heads = text_config.num_attention_heads
+    head_dim = getattr(text_config, "head_dim", None) or d // heads
+    kv = getattr(text_config, "num_key_value_heads", None) or heads
+    m = text_config.intermediate_size
+    n = positions
+    projections = n * d * heads * head_dim * 2 + n * d * kv * head_dim * 2
+    attention = 2 * n * n * heads * head_dim
+    return float(projections + attention + 3 * n * d * m)
+
+
+def lm_flops(per_layer: list[int], text_config: Any) -> float:
+    """The language model's prefill multiply-adds when layer ``l`` processes ``per_layer[l]`` positions."""
+    return sum(layer_flops(n, text_config) for n in per_layer)
+
+
+def schedule(per_layer: list[int]) -> str:
+    """``[616, 616, 104, 104]`` -> ``"616 -> 104 after layer 2"`` (where an in-LLM method shortens the sequence)."""
+    if not per_layer:
+        return ""
+    steps = [str(per_layer[0])]
+    for layer in range(1, len(per_layer)):
+        if per_layer[layer] != per_layer[layer - 1]:
+            steps.append(f"{per_layer[layer]} after layer {layer}")
+    return " -> ".join(steps)
 
 
 def _fill(row: Row, report: Any) -> None:
@@ -188,17 +225,43 @@ def save_picture(
 
 
 def format_table(rows: list[Row]) -> str:
-    header = f"{'method':<14} {'answer':<16} {'visual tokens':>13} {'LM positions':>12} {'prefill ms':>10} {'speedup':>7}"
+    """The table ``vlmc run`` prints, and a footer that says how far its timings can be trusted."""
+    header = (
+        f"{'method':<14} {'answer':<12} {'visual tokens':>13} {'LM positions':<26} {'LM FLOPs':>8} "
+        f"{'prefill ms':>10} {'speedup':>7}"
+    )
     lines = [header, "-" * len(header)]
+    slower = []
     for row in rows:
         if row.error is not None:
             lines.append(f"{row.method:<14} skipped: {row.error}")
             continue
         tokens = f"{row.visual_tokens_after}/{row.visual_tokens_before}" if row.method != "full" else "all"
-        answer = row.answer if len(row.answer) <= 16 else row.answer[:15] + "…"
+        answer = row.answer if len(row.answer) <= 12 else row.answer[:11] + "…"
+        positions = row.schedule or f"{row.lm_positions:.0f}"
         lines.append(
-            f"{row.method:<14} {answer:<16} {tokens:>13} {row.lm_positions:>12.1f} {row.prefill_ms:>10.1f} "
-            f"{row.speedup:>6.2f}x"
+            f"{row.method:<14} {answer:<12} {tokens:>13} {positions:<26} {100 * row.lm_flops:>7.0f}% "
+            f"{row.prefill_ms:>10.1f} {row.speedup:>6.2f}x"
+        )
+        if row.method != "full" and row.speedup < 1.0:
+            slower.append(row)
+    full = next((row for row in rows if row.method == "full"), None)
+    lines += [
+        "",
+        "LM FLOPs: the language model's prefill multiply-adds relative to full, counted from the positions each of "
+        "its layers processes (independent of this machine).",
+        "prefill ms / speedup: measured here (medians, interleaved), token selection included.",
+    ]
+    if full is not None and full.prefill_ms < 200:
+        lines.append(
+            f"The full prefill takes only {full.prefill_ms:.0f} ms on this model, so fixed per-call costs dominate "
+            "the timings; for real-width timings run `vlmc bench --synthetic llava-1.5-7b`."
+        )
+    for row in slower:
+        lines.append(
+            f"{row.method} is slower than full here: its selection ({row.selection_ms:.1f} ms) and the work of "
+            f"shortening the sequence outweigh the {100 * (1 - row.lm_flops):.0f}% of LM FLOPs it saves on a "
+            f"{full.prefill_ms if full else 0:.0f} ms prefill."
         )
     return "\n".join(lines)
 
@@ -213,7 +276,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image", help="image file (default: the bundled sample scene)")
     parser.add_argument("--question", help="question about the image (default: the sample's question)")
     parser.add_argument("--method", action="append", dest="methods", help="method to run (repeatable; default: all)")
-    parser.add_argument("--budget", type=parse_budget, default=DEFAULT_BUDGET, help="visual tokens kept per image (int) or fraction (float)")
+    parser.add_argument("--budget", type=parse_budget, default=DEFAULT_BUDGET, help="visual tokens kept per image (int) or a fraction of them (float; default 0.111 = 64/576)")
     parser.add_argument("--model", help="'shapes' (default, shipped), 'tiny' (random weights), a HuggingFace id or a local path")
     parser.add_argument("--out", default="vlmc-run", help="directory for the PNG (default: ./vlmc-run)")
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds; the median is reported (default: 3)")
@@ -269,7 +332,7 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"model: {model_name}   image: {source}\nquestion: {question}" + (f"   (expected: {expected})" if expected else ""))
-    print(f"budget: {args.budget} visual tokens per image   device: {args.device}\n")
+    print(f"budget: {describe_budget(args.budget)}   device: {args.device}\n")
     print(format_table(rows))
     if picture:
         print(f"\nkept tokens: {picture}")

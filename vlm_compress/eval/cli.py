@@ -1,6 +1,6 @@
 """``vlmc eval`` (and ``accelerate launch -m vlm_compress.eval``): accuracy against visual-token budget.
 
-Example: ``vlmc eval --task shapes-vqa --methods uniform,random --budgets 64,128,192,576 --limit 200``.
+Example: ``vlmc eval --task shapes-vqa --methods uniform,random --budgets 0.111,0.222,0.333,1.0 --limit 200``.
 Outputs under ``--output-dir`` (default ``vlmc-eval/<task>``): ``predictions/<method>-<budget>.jsonl`` (the
 resumable cache), ``results.json``, ``results.csv``, ``results.md`` and ``accuracy_vs_budget.png``.
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cli import parse_budget
+from ..cli import DEFAULT_BUDGETS, parse_budget
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
     parser.add_argument(
         "--budgets",
-        default="64,128,192,576",
-        help="comma-separated visual tokens per image (or fractions in (0, 1]); default 64,128,192,576",
+        default=DEFAULT_BUDGETS,
+        help="comma-separated visual tokens per image (or fractions in (0, 1]); default "
+        f"{DEFAULT_BUDGETS} (64/128/192 of LLaVA-1.5's 576 tokens, 16/32/48 of the embedded model's 144, and all)",
     )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     parser.add_argument(
