@@ -93,7 +93,7 @@ def test_patch_targets_label_each_patch_with_the_object_under_it():
     patch = 8
     grid = scene.image_size // patch
     targets = shapes.patch_targets(scene, patch)
-    assert set(targets) == set(shapes.PATCH_TARGETS)
+    assert set(targets) == set(shapes.PATCH_TARGETS) | {"owner"}
     assert all(t.shape == (grid * grid,) for t in targets.values())
     assert targets["centre"].sum() == len(scene.objects)  # non-overlapping objects: one centre patch each
     mask = shapes.render_mask(scene)
@@ -114,6 +114,61 @@ def test_patch_targets_label_each_patch_with_the_object_under_it():
     assert all(targets[name][background].max() == 0 for name in ("colour", "shape", "size"))
     with pytest.raises(ValueError, match="divide"):
         shapes.patch_targets(scene, 7)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_patch_targets_describe_the_owning_object_and_every_object_owns_a_patch(seed):
+    scene = shapes.random_scene(seed, min_objects=4)
+    objects = scene.objects
+    targets = shapes.patch_targets(scene, 16)  # 12x12 grid: small objects cover parts of a few patches
+    owner = targets["owner"]
+    assert set(owner[owner > 0] - 1) == set(range(len(objects)))
+    for patch in np.nonzero(owner)[0]:
+        obj = objects[owner[patch] - 1]
+        assert targets["colour"][patch] == shapes.COLOURS.index(obj.colour) + 1
+        assert targets["x"][patch] == 1 + int(obj.center[0] * shapes.POSITION_BINS)
+        assert targets["y"][patch] == 1 + int(obj.center[1] * shapes.POSITION_BINS)
+        assert targets["same_colour"][patch] == sum(o.colour == obj.colour for o in objects)
+        assert targets["same_shape"][patch] == sum(o.shape == obj.shape for o in objects)
+        assert targets["same_both"][patch] == sum(
+            (o.colour, o.shape) == (obj.colour, obj.shape) for o in objects
+        )
+        assert targets["objects"][patch] == len(objects)
+    for name, classes in shapes.PATCH_TARGETS.items():
+        assert targets[name].min() >= 0 and targets[name].max() < classes
+        if name != "centre":
+            assert (targets[name][owner == 0] == 0).all()
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_question_refs_name_the_objects_the_answer_depends_on(seed):
+    scene = shapes.random_scene(seed)
+    objects = scene.objects
+    for qa in shapes.questions_for(scene, random.Random(seed)):
+        referred = [[objects[i] for i in group] for group in qa.refs]
+        if qa.family in ("colour", "shape"):
+            assert len(referred) == 1 and len(referred[0]) == 1
+            assert getattr(referred[0][0], qa.family) == qa.answer
+        elif qa.family == "count":
+            assert len(referred) == 1 and len(referred[0]) == int(qa.answer)
+        elif qa.family == "exists":
+            assert len(referred) == 1 and bool(referred[0]) == (qa.answer == "yes")
+            wanted = qa.question.rstrip("?").split()[-2:]
+            assert all([o.colour, o.shape] == wanted for o in referred[0])
+        else:
+            assert len(referred) in (1, 2) and all(len(group) == 1 for group in referred)
+            this = referred[0][0]
+            if len(referred) == 2:
+                other = referred[1][0]
+                delta = (
+                    this.center[0] - other.center[0]
+                    if qa.answer in ("left", "right")
+                    else this.center[1] - other.center[1]
+                )
+                assert (delta < 0) == (qa.answer in ("left", "above"))
+            else:
+                side = this.center[0] if qa.answer in ("left", "right") else this.center[1]
+                assert (side < 0.5) == (qa.answer in ("left", "top"))
 
 
 @pytest.mark.parametrize("seed", range(40))

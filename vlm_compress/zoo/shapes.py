@@ -116,6 +116,10 @@ class QA:
         family: one of :data:`FAMILIES`.
         small: the answer hinges on a small object.
         pope_kind: for ``exists`` negatives, how the absent object was drawn (:data:`POPE_KINDS`).
+        refs: the objects the question refers to, as groups of indices into ``scene.objects``: one group
+            (the described object, the counted objects, the objects an ``exists`` question names; empty when
+            there is none), or two for a relation between two objects. Training uses them to guide the
+            language model's attention (:mod:`vlm_compress.zoo.guided`); they play no part in the answer.
     """
 
     question: str
@@ -123,6 +127,7 @@ class QA:
     family: str
     small: bool
     pope_kind: str | None = None
+    refs: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass
@@ -265,7 +270,21 @@ def render_mask(scene: Scene) -> np.ndarray:
 
 
 # Patch targets: an attribute's class is 1 + its index in SHAPES / COLOURS / SIZES; 0 is the background.
-PATCH_TARGETS = {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 1, "size": len(SIZES) + 1, "centre": 2}
+# ``x``/``y``: 1 + the bin of the object's centre among POSITION_BINS equal bins of the canvas; ``same_*``: how
+# many objects of the scene share the object's colour / shape / both, ``objects``: how many the scene holds.
+POSITION_BINS = 12
+PATCH_TARGETS = {
+    "colour": len(COLOURS) + 1,
+    "shape": len(SHAPES) + 1,
+    "size": len(SIZES) + 1,
+    "centre": 2,
+    "x": POSITION_BINS + 1,
+    "y": POSITION_BINS + 1,
+    "same_colour": MAX_OBJECTS + 1,
+    "same_shape": MAX_OBJECTS + 1,
+    "same_both": MAX_OBJECTS + 1,
+    "objects": MAX_OBJECTS + 1,
+}
 
 
 def patch_targets(scene: Scene, patch_size: int, *, min_cover: float = 0.125) -> dict[str, np.ndarray]:
@@ -273,8 +292,9 @@ def patch_targets(scene: Scene, patch_size: int, *, min_cover: float = 0.125) ->
 
     ``colour``, ``shape`` and ``size`` (``[grid * grid]`` int64, classes in :data:`PATCH_TARGETS`) name the object
     that covers the largest part of the patch, if it covers at least ``min_cover`` of it, else 0; ``centre`` is 1 on
-    the one patch that holds each object's centre. They are the dense targets the embedded model's vision tower
-    is pre-trained on (:mod:`vlm_compress.zoo.train`).
+    the one patch that holds each object's centre; ``x``, ``y`` and the counts (see :data:`PATCH_TARGETS`) describe
+    the same object. ``owner`` (not a target) is 1 + the index of that object in ``scene.objects``, else 0. They are
+    the dense targets the embedded model's vision tower learns (:mod:`vlm_compress.zoo.train`).
     """
     size = scene.image_size
     if patch_size <= 0 or size % patch_size:
@@ -282,16 +302,30 @@ def patch_targets(scene: Scene, patch_size: int, *, min_cover: float = 0.125) ->
     grid = size // patch_size
     mask = render_mask(scene).reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3)
     mask = mask.reshape(grid * grid, patch_size * patch_size)
-    targets = {name: np.zeros(grid * grid, dtype=np.int64) for name in PATCH_TARGETS}
+    targets = {name: np.zeros(grid * grid, dtype=np.int64) for name in (*PATCH_TARGETS, "owner")}
     if not scene.objects:
         return targets
     cover = np.stack([(mask == i + 1).sum(1) for i in range(len(scene.objects))], axis=1)
     owner = cover.argmax(1)
-    for patch in np.nonzero(cover.max(1) >= min_cover * patch_size * patch_size)[0]:
-        obj = scene.objects[owner[patch]]
+    owned = cover.max(1) >= min_cover * patch_size * patch_size
+    # an object too small to cover ``min_cover`` of any patch still owns the free patch it covers most
+    for i in set(range(len(scene.objects))) - set(owner[owned].tolist()):
+        free = np.where(owned, -1, cover[:, i])
+        if free.max() > 0:
+            owner[free.argmax()], owned[free.argmax()] = i, True
+    objects = scene.objects
+    for patch in np.nonzero(owned)[0]:
+        obj = objects[owner[patch]]
+        targets["owner"][patch] = owner[patch] + 1
         targets["colour"][patch] = COLOURS.index(obj.colour) + 1
         targets["shape"][patch] = SHAPES.index(obj.shape) + 1
         targets["size"][patch] = SIZES.index(obj.size) + 1
+        targets["x"][patch] = 1 + min(POSITION_BINS - 1, int(obj.center[0] * POSITION_BINS))
+        targets["y"][patch] = 1 + min(POSITION_BINS - 1, int(obj.center[1] * POSITION_BINS))
+        targets["same_colour"][patch] = sum(o.colour == obj.colour for o in objects)
+        targets["same_shape"][patch] = sum(o.shape == obj.shape for o in objects)
+        targets["same_both"][patch] = sum(o.colour == obj.colour and o.shape == obj.shape for o in objects)
+        targets["objects"][patch] = len(objects)
     for obj in scene.objects:
         column = min(grid - 1, int(obj.center[0] * grid))
         row = min(grid - 1, int(obj.center[1] * grid))
@@ -339,11 +373,13 @@ def _unique_references(obj: ShapeObject, objects: list[ShapeObject], exclude: st
 def _attribute_questions(scene: Scene, rng: random.Random, attribute: str) -> list[QA]:
     """ "What <attribute> is the <unique description>?" for every object that can be described without it."""
     out = []
-    for obj in scene.objects:
+    for index, obj in enumerate(scene.objects):
         phrases = _unique_references(obj, scene.objects, exclude=attribute)
         if phrases:
             question = f"What {attribute} is the {rng.choice(phrases)}?"
-            out.append(QA(question, getattr(obj, attribute), attribute, obj.size == "small"))
+            out.append(
+                QA(question, getattr(obj, attribute), attribute, obj.size == "small", refs=((index,),))
+            )
     return out
 
 
@@ -363,17 +399,19 @@ def _count_questions(scene: Scene, rng: random.Random) -> list[QA]:
         )
     out = {}
     for attributes, phrase in targets:
-        counted = [obj for obj in scene.objects if _matches(obj, attributes)]
+        counted = [i for i, obj in enumerate(scene.objects) if _matches(obj, attributes)]
         question = f"How many {phrase} are there?"
-        out[question] = QA(question, str(len(counted)), "count", any(obj.size == "small" for obj in counted))
+        small = any(scene.objects[i].size == "small" for i in counted)
+        out[question] = QA(question, str(len(counted)), "count", small, refs=(tuple(counted),))
     return list(out.values())
 
 
 def _exists_positive(scene: Scene, rng: random.Random) -> QA:
     obj = rng.choice(scene.objects)
-    same = [o for o in scene.objects if o.colour == obj.colour and o.shape == obj.shape]
+    same = [i for i, o in enumerate(scene.objects) if o.colour == obj.colour and o.shape == obj.shape]
     question = f"Is there {_article(obj.colour)} {obj.colour} {obj.shape}?"
-    return QA(question, "yes", "exists", all(o.size == "small" for o in same))
+    small = all(scene.objects[i].size == "small" for i in same)
+    return QA(question, "yes", "exists", small, refs=(tuple(same),))
 
 
 def _exists_negative(scene: Scene, rng: random.Random, kind: str) -> QA | None:
@@ -402,7 +440,7 @@ def _exists_negative(scene: Scene, rng: random.Random, kind: str) -> QA | None:
     else:
         raise ValueError(f"unknown POPE kind {kind!r}; valid kinds: {', '.join(POPE_KINDS)}")
     question = f"Is there {_article(colour)} {colour} {shape}?"
-    return QA(question, "no", "exists", small, kind)
+    return QA(question, "no", "exists", small, kind, refs=((),))
 
 
 def _exists_questions(scene: Scene, rng: random.Random) -> list[QA]:
@@ -418,7 +456,7 @@ def _exists_questions(scene: Scene, rng: random.Random) -> list[QA]:
 def _position_questions(scene: Scene, rng: random.Random) -> list[QA]:
     out = []
     objects = scene.objects
-    for obj in objects:
+    for index, obj in enumerate(objects):
         phrases = _unique_references(obj, objects)
         if not phrases:
             continue
@@ -426,23 +464,25 @@ def _position_questions(scene: Scene, rng: random.Random) -> list[QA]:
         x, y = obj.center
         if abs(x - 0.5) >= SIDE_MARGIN:
             question = f"Is the {rng.choice(phrases)} on the left or the right?"
-            out.append(QA(question, "left" if x < 0.5 else "right", "position", small))
+            out.append(QA(question, "left" if x < 0.5 else "right", "position", small, refs=((index,),)))
         if abs(y - 0.5) >= SIDE_MARGIN:
             question = f"Is the {rng.choice(phrases)} at the top or the bottom?"
-            out.append(QA(question, "top" if y < 0.5 else "bottom", "position", small))
-        others = [o for o in objects if o is not obj and _unique_references(o, objects)]
+            out.append(QA(question, "top" if y < 0.5 else "bottom", "position", small, refs=((index,),)))
+        others = [i for i, o in enumerate(objects) if i != index and _unique_references(o, objects)]
         if not others:
             continue
-        other = rng.choice(others)
+        other_index = rng.choice(others)
+        other = objects[other_index]
         pair_small = small or other.size == "small"
         this, that = rng.choice(phrases), rng.choice(_unique_references(other, objects))
         dx, dy = x - other.center[0], y - other.center[1]
+        pair = ((index,), (other_index,))
         if abs(dx) >= RELATION_MARGIN:
             question = f"Is the {this} left or right of the {that}?"
-            out.append(QA(question, "left" if dx < 0 else "right", "position", pair_small))
+            out.append(QA(question, "left" if dx < 0 else "right", "position", pair_small, refs=pair))
         if abs(dy) >= RELATION_MARGIN:
             question = f"Is the {this} above or below the {that}?"
-            out.append(QA(question, "above" if dy < 0 else "below", "position", pair_small))
+            out.append(QA(question, "above" if dy < 0 else "below", "position", pair_small, refs=pair))
     return out
 
 
