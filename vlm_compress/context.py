@@ -3,15 +3,17 @@
 A method never touches the model. The adapter hands it the image's visual tokens after the projector plus a
 few *signals* that are computed lazily, the first time a method reads them, and cached per image:
 
-=====================  ==========================================================================================
-``vision_features``    ``[N, Dv]`` the vision encoder's feature-layer outputs for the same tokens (pre-projector)
-``cls_attention``      ``[N]`` head-averaged attention of the encoder's [CLS] query at the feature layer
-``text_embeds``        ``[T, D]`` the prompt's text tokens (not image, not padding) in the LM embedding space
-``text_ids``           ``[T]`` their ids
-``prompt_text``        the prompt's text (needs a tokenizer: ``vlmc.compress(..., processor=...)``)
-``question``           the text after the image in its prompt, chat-template role markers removed (tokenizer)
-``text_embedder``      ``str -> [m, D]``: words tokenised without special tokens, LM input embeddings (tokenizer)
-=====================  ==========================================================================================
+========================  ==========================================================================================
+``vision_features``       ``[N, Dv]`` the vision encoder's feature-layer outputs for the same tokens (pre-projector)
+``cls_attention``         ``[N]`` head-averaged attention of the encoder's [CLS] query at the feature layer
+``cls_attention_logits``  ``[N]`` head-averaged pre-softmax logits ``q . k / sqrt(d)`` of that query at the
+                          encoder's last block (GlobalCom²'s score), from the same encoder pass
+``text_embeds``           ``[T, D]`` the prompt's text tokens (not image, not padding) in the LM embedding space
+``text_ids``              ``[T]`` their ids
+``prompt_text``           the prompt's text (needs a tokenizer: ``vlmc.compress(..., processor=...)``)
+``question``              the text after the image in its prompt, chat-template role markers removed (tokenizer)
+``text_embedder``         ``str -> [m, D]``: words tokenised without special tokens, LM input embeddings (tokenizer)
+========================  ==========================================================================================
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .errors import MissingSignalError
 SIGNALS = (
     "vision_features",
     "cls_attention",
+    "cls_attention_logits",
     "text_embeds",
     "text_ids",
     "prompt_text",
@@ -80,6 +83,11 @@ class TokenRegion:
         """``[n]`` head-averaged [CLS] attention of this region's own encoder pass."""
         return self.signals.get("cls_attention")
 
+    @property
+    def cls_attention_logits(self) -> torch.Tensor:
+        """``[n]`` head-averaged pre-softmax [CLS] logits of this region's own pass, at the encoder's last block."""
+        return self.signals.get("cls_attention_logits")
+
 
 @dataclass
 class VisualContext:
@@ -121,6 +129,10 @@ class VisualContext:
     @property
     def cls_attention(self) -> torch.Tensor:
         return self.signals.get("cls_attention")
+
+    @property
+    def cls_attention_logits(self) -> torch.Tensor:
+        return self.signals.get("cls_attention_logits")
 
     @property
     def text_embeds(self) -> torch.Tensor:

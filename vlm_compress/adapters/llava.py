@@ -61,7 +61,7 @@ class LlavaAdapter(Adapter):
     def available_signals(self) -> set[str]:
         signals = {"vision_features"} | text_signals.available(self.handle)
         if vision_towers.has_cls_token(self.vision_tower):
-            signals.add("cls_attention")
+            signals |= {"cls_attention", "cls_attention_logits"}
         return signals
 
     def image_token_mask(self, input_ids, inputs_embeds):
@@ -136,6 +136,7 @@ class ImageSignals(text_signals.PromptSignals):
         self.feature_layers = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
         self.drop_cls = strategy == "default"
         self._cls: torch.Tensor | None = None
+        self._cls_logits: torch.Tensor | None = None
         self._tap = self._tap_weights()
 
     def _tap_weights(self) -> torch.Tensor | None:
@@ -156,6 +157,7 @@ class ImageSignals(text_signals.PromptSignals):
         providers = {
             "vision_features": lambda: self.vision_features(image),
             "cls_attention": lambda: self.per_image(image, self.cls_attention()),
+            "cls_attention_logits": lambda: self.per_image(image, self.cls_attention_logits()),
             **self.text_providers(row, columns, is_image),
         }
         if self._tap is not None:
@@ -176,3 +178,12 @@ class ImageSignals(text_signals.PromptSignals):
                 :, self._start() :
             ]
         return self._cls
+
+    def cls_attention_logits(self) -> torch.Tensor:
+        """``[passes, patches]`` head-mean [CLS] logits at the tower's last block, from this call's hidden states."""
+        if self._cls_logits is None:
+            tower = self.adapter.vision_tower
+            self._cls_logits = vision_towers.cls_attention_logits(tower, self.hidden_states)[
+                :, self._start() :
+            ]
+        return self._cls_logits

@@ -13,8 +13,9 @@ What a method sees (:class:`~vlm_compress.context.VisualContext`):
   budgets count these. ``grid`` is ``None`` (the flat list is not one grid).
 - ``thumbnail``: a :class:`~vlm_compress.context.TokenRegion` with its ``(s, s)`` grid and its own [CLS] attention.
 - ``crops``: one region per crop in row-major layout order, ``position=(row, col)``, ``grid=(s, s)``, ``valid``
-  the ``[s, s]`` mask of its un-padded tokens; ``indices`` and ``cls_attention`` cover the valid tokens only.
-- ``cls_attention`` (flat): each token's attention in its own encoder pass (thumbnail or crop).
+  the ``[s, s]`` mask of its un-padded tokens; ``indices`` and the signals cover the valid tokens only.
+- ``cls_attention`` (flat): each token's attention in its own encoder pass (thumbnail or crop);
+  ``cls_attention_logits`` likewise (the pre-softmax logits at the tower's last block). Both also per region.
 
 Newline policy: a grid row keeps its newline when at least one of its tokens is kept and loses it otherwise,
 so the compressed image still reads as rows ended by newlines. A reordering (``order="score"`` or
@@ -154,7 +155,7 @@ class LlavaNextAdapter(LlavaAdapter):
                     indices=torch.arange(layout.thumbnail_tokens),
                     grid=(side, side),
                     signals=_LazySignals(
-                        {"cls_attention": lambda i=i: signals.thumbnail_attention(i)},
+                        signals.region_providers(i),
                         owner=f"image {i} thumbnail",
                     ),
                 ),
@@ -183,7 +184,7 @@ class LlavaNextAdapter(LlavaAdapter):
                     position=(c // cols, c % cols),
                     valid=valid.view(side, side),
                     signals=_LazySignals(
-                        {"cls_attention": lambda c=c, local=local: signals.crop_attention(image, c)[local]},
+                        signals.region_providers(image, c, local),
                         owner=f"image {image} crop {c}",
                     ),
                 )
@@ -244,9 +245,17 @@ class AnyResSignals(ImageSignals):
         layers = [self.hidden_states[layer][:, self._start() :] for layer in self.feature_layers]
         return self.per_image(image, torch.cat(layers, dim=-1))
 
-    def thumbnail_attention(self, image: int) -> torch.Tensor:
-        return self.cls_attention()[self.first_patch[image]]
+    def region_providers(
+        self, image: int, crop: int | None = None, local: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """The [CLS] signals of one region's own encoder pass: ``image``'s thumbnail (``crop=None``) or crop
+        ``crop``, restricted to its ``local`` (valid, raster-order) tokens."""
+        index = self.first_patch[image] + (0 if crop is None else 1 + crop)
 
-    def crop_attention(self, image: int, crop: int) -> torch.Tensor:
-        """``[s*s]`` [CLS] attention of crop ``crop``'s own pass (padding included)."""
-        return self.cls_attention()[self.first_patch[image] + 1 + crop]
+        def pick(per_pass: torch.Tensor) -> torch.Tensor:
+            return per_pass[index] if local is None else per_pass[index][local]
+
+        return {
+            "cls_attention": lambda: pick(self.cls_attention()),
+            "cls_attention_logits": lambda: pick(self.cls_attention_logits()),
+        }

@@ -36,6 +36,23 @@ def feature_layer_index(num_hidden_states: int, feature_layer: int) -> int:
     return index
 
 
+def _cls_logits(vision_tower: nn.Module, hidden_states: tuple[torch.Tensor, ...], index: int) -> torch.Tensor:
+    """``[I, heads, T]`` scaled logits ``q . k / sqrt(d)`` of the [CLS] query at the block producing
+    ``hidden_states[index]``, recomputed from the block's own projections of its input ``hidden_states[index - 1]``."""
+    if not has_cls_token(vision_tower):
+        raise MissingSignalError(
+            f"{type(vision_tower).__name__} has no [CLS] token, so there is no [CLS] attention; "
+            "choose a method that does not need it"
+        )
+    block = encoder_layers(vision_tower)[index - 1]
+    attn = block.self_attn
+    x = block.layer_norm1(hidden_states[index - 1])
+    num_heads, head_dim = attn.num_heads, attn.head_dim
+    query = attn.q_proj(x[:, :1]).view(x.shape[0], 1, num_heads, head_dim).transpose(1, 2)
+    keys = attn.k_proj(x).view(x.shape[0], x.shape[1], num_heads, head_dim).transpose(1, 2)
+    return ((query.float() @ keys.float().transpose(-1, -2)) * attn.scale)[:, :, 0]
+
+
 @torch.no_grad()
 def cls_attention(
     vision_tower: nn.Module, hidden_states: tuple[torch.Tensor, ...], feature_layer: int
@@ -46,17 +63,22 @@ def cls_attention(
     that produces ``hidden_states[j]`` reads ``hidden_states[j - 1]``. Returns ``[I, T]`` in fp32 (the [CLS]
     column included; rows sum to 1).
     """
-    if not has_cls_token(vision_tower):
-        raise MissingSignalError(
-            f"{type(vision_tower).__name__} has no [CLS] token, so there is no [CLS] attention; "
-            "choose a method that does not need it"
-        )
     index = feature_layer_index(len(hidden_states), feature_layer)
-    block = encoder_layers(vision_tower)[index - 1]
-    attn = block.self_attn
-    x = block.layer_norm1(hidden_states[index - 1])
-    num_heads, head_dim = attn.num_heads, attn.head_dim
-    query = attn.q_proj(x[:, :1]).view(x.shape[0], 1, num_heads, head_dim).transpose(1, 2)
-    keys = attn.k_proj(x).view(x.shape[0], x.shape[1], num_heads, head_dim).transpose(1, 2)
-    logits = (query.float() @ keys.float().transpose(-1, -2)) * attn.scale  # [I, heads, 1, T]
-    return logits.softmax(dim=-1).mean(dim=1)[:, 0]
+    return _cls_logits(vision_tower, hidden_states, index).softmax(dim=-1).mean(dim=1)
+
+
+@torch.no_grad()
+def cls_attention_logits(vision_tower: nn.Module, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Head-averaged *pre-softmax* scaled logits ``q . k / sqrt(d)`` of the [CLS] query at the tower's **last** block.
+
+    GlobalCom²'s score (its ``attn_maps[-1][:, 0]``). ``hidden_states`` must hold every block's output, as a
+    tower run with ``output_hidden_states=True`` gives (``len(layers) + 1`` entries), whatever the feature layer.
+    Returns ``[I, T]`` in fp32 (the [CLS] column included; unnormalised, may be negative).
+    """
+    num_layers = len(encoder_layers(vision_tower))
+    if len(hidden_states) != num_layers + 1:
+        raise MissingSignalError(
+            f"the encoder pass gave {len(hidden_states)} hidden states, not {num_layers + 1}: the input of its last "
+            "block is missing, so its [CLS] attention logits cannot be recomputed"
+        )
+    return _cls_logits(vision_tower, hidden_states, num_layers).mean(dim=1)
