@@ -95,13 +95,13 @@ def test_in_crop_score_adds_both_l2_normalised_signals():
     assert torch.topk(scores, 2).indices.tolist() == [0, 1]  # without the prior: [1, 3]
 
 
-def _region(indices, grid, attention, position=None, valid=None):
+def _region(indices, grid, logits, position=None, valid=None):
     return TokenRegion(
         indices=torch.tensor(indices),
         grid=grid,
         position=position,
         valid=valid,
-        signals=_LazySignals({"cls_attention": lambda: torch.tensor(attention)}),
+        signals=_LazySignals({"cls_attention_logits": lambda: torch.tensor(logits)}),
     )
 
 
@@ -210,3 +210,146 @@ def test_on_llava_next_crop_counts_match_and_score_order_sorts_the_thumbnail():
     ).pooler_output[0]
     start = int(torch.nonzero(inputs["input_ids"][0] == 999)[0])
     assert torch.equal(seen[0][0, start : start + thumbnail_kept], packed[expected])
+
+
+# -- the official score: pre-softmax [CLS] logits at the tower's last block ------------------------------------
+
+
+def _salient_crop_context() -> tuple[VisualContext, torch.Tensor]:
+    """LLaVA-NeXT's 24x24 thumbnail and 2x2 crops of 24x24 tokens (no padding); the thumbnail's [CLS] logits
+    are ``ln 97`` on the 12x12 block that crop 0 covers and 0 elsewhere, so its softmax puts exactly 97% of the
+    mass there. Both signals are given: ``cls_attention`` = that softmax, ``cls_attention_logits`` = the logits.
+    Returns the context and the thumbnail logits ``[24, 24]``."""
+    generator = torch.Generator().manual_seed(0)
+    side = 24
+    logits = torch.zeros(side, side)
+    logits[:12, :12] = math.log(97)
+    full = torch.ones(side, side, dtype=torch.bool)
+
+    def region(indices, scores, position=None, valid=None):
+        return TokenRegion(
+            indices=indices,
+            grid=(side, side),
+            position=position,
+            valid=valid,
+            signals=_LazySignals(
+                {"cls_attention": lambda: scores.softmax(0), "cls_attention_logits": lambda: scores}
+            ),
+        )
+
+    per_region = side * side
+    thumbnail = region(torch.arange(per_region), logits.flatten())
+    crops = [
+        region(
+            per_region * (1 + c) + torch.arange(per_region),
+            torch.randn(per_region, generator=generator),
+            divmod(c, 2),
+            full,
+        )
+        for c in range(4)
+    ]
+    features = torch.zeros(5 * per_region, 2)
+    return VisualContext(features=features, thumbnail=thumbnail, crops=crops), logits
+
+
+def test_allocation_follows_the_thumbnail_logits_to_the_salient_crop():
+    """Logit sums s = [144 ln 97, 0, 0, 0]: (s - max) / 10 = [0, -65.9, -65.9, -65.9], p = [1, ~0, ~0, ~0]
+    (e^-65.9 ~ 2e-29), r = 0.25 * (1 + p - 1/4) = [0.4375, 0.1875, 0.1875, 0.1875] -> int(576 r) =
+    [252, 108, 108, 108]. The probabilities' sums [0.97, 0.01, 0.01, 0.01] would give (s - max) / 10 within
+    [-0.1, 0], p = [0.268, 0.244, 0.244, 0.244] and [146, 143, 143, 143]."""
+    ctx, logits = _salient_crop_context()
+    selection = GlobalCom2(retention_ratio=0.25).select(ctx)
+    assert selection.info["crop_kept"] == [252, 108, 108, 108]
+    assert selection.info["thumbnail_kept"] == 144
+    # the thumbnail keeps its top-144 logits: exactly the block of crop 0
+    kept_thumbnail = sorted(i for i in selection.kept_indices.tolist() if i < 576)
+    assert kept_thumbnail == torch.nonzero(logits.flatten() > 0).flatten().tolist()
+    probabilities = crop_attention_sums(logits.flatten().softmax(0).view(24, 24), (2, 2))
+    assert crop_keep_counts([576] * 4, crop_retention_ratios(probabilities, 0.25)) == [146, 143, 143, 143]
+
+
+def test_in_crop_scores_mix_the_crop_logits_with_the_interpolated_thumbnail_logits():
+    """As ``select_topk_crop_features``: top-k of l2norm(crop logits) + l2norm(thumbnail logits bilinearly
+    interpolated onto the 48x48 un-padded grid and cut per crop)."""
+    ctx, logits = _salient_crop_context()
+    selection = GlobalCom2(retention_ratio=0.25).select(ctx)
+    kept = set(selection.kept_indices.tolist())
+    prior = torch.nn.functional.interpolate(logits[None, None], size=(48, 48), mode="bilinear")[0, 0]
+    for c, (crop, keep) in enumerate(zip(ctx.crops, selection.info["crop_kept"])):
+        i, j = divmod(c, 2)
+        local = prior[24 * i : 24 * (i + 1), 24 * j : 24 * (j + 1)].flatten()
+        crop_logits = crop.cls_attention_logits
+        combined = crop_logits / crop_logits.norm() + local / local.norm()
+        expected = crop.indices[torch.topk(combined, keep).indices]
+        assert set(expected.tolist()) == kept & set(crop.indices.tolist())
+
+
+def _tower_logits_by_hand(model, record):
+    """Per-head ``q . k / sqrt(d)`` of the [CLS] query at the tower's last block, from the block's recorded input:
+    ``[passes, heads, T]``."""
+    attn = model.model.vision_tower.encoder.layers[-1].self_attn
+    x = record["last_block_input"]
+    heads, dim = attn.num_heads, attn.head_dim
+    query = attn.q_proj(x[:, 0]).view(x.shape[0], heads, dim)
+    keys = attn.k_proj(x).view(x.shape[0], x.shape[1], heads, dim)
+    return torch.einsum("phd,pthd->pht", query, keys) / math.sqrt(dim)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_logits_signal_is_the_head_mean_of_q_dot_k_at_the_last_block(attn_implementation):
+    import vlm_compress as vlmc
+    from vlm_compress.methods.base import Method
+    from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
+
+    model = build_tiny("llava_next", seed=5, attn_implementation=attn_implementation)
+    inputs = tiny_inputs(model, [1, 1], seed=2)
+    tower = model.model.vision_tower
+    record = {"tower_calls": 0}
+
+    def last_block_input(module, args, kwargs):
+        record["last_block_input"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    def tower_call(module, args, kwargs):
+        record["tower_calls"] += 1
+        record["pixel_values"] = kwargs["pixel_values"] if "pixel_values" in kwargs else args[0]
+
+    seen = []
+
+    class Read(Method):
+        name = "read_logits"
+
+        def select(self, ctx):
+            seen.append(
+                (
+                    ctx.cls_attention_logits,
+                    ctx.thumbnail.cls_attention_logits,
+                    [(c.valid, c.cls_attention_logits) for c in ctx.crops],
+                )
+            )
+            return Selection(kept_indices=torch.arange(ctx.num_tokens))
+
+    hooks = [
+        tower.encoder.layers[-1].self_attn.register_forward_pre_hook(last_block_input, with_kwargs=True),
+        tower.register_forward_pre_hook(tower_call, with_kwargs=True),
+    ]
+    try:
+        with torch.no_grad(), vlmc.compress(model, Read()):
+            model(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert record["tower_calls"] == 1  # the signal reuses the call's one encoder pass
+    with torch.no_grad():
+        per_head = _tower_logits_by_hand(model, record)
+        if attn_implementation == "eager":  # the hand logits are the ones the tower's softmax ran on
+            probabilities = tower(record["pixel_values"], output_attentions=True).attentions[-1][:, :, 0]
+            assert torch.allclose(per_head.softmax(-1), probabilities, atol=1e-6)
+    by_hand = per_head.mean(dim=1)[:, 1:]  # head-mean, patch keys only: attn_maps[-1][:, 0, 1:]
+    first_pass = 0
+    for flat, thumbnail, crops in seen:
+        assert torch.allclose(thumbnail, by_hand[first_pass], atol=1e-5)
+        for c, (valid, crop_logits) in enumerate(crops):
+            assert torch.allclose(crop_logits, by_hand[first_pass + 1 + c][valid.flatten()], atol=1e-5)
+        assert torch.allclose(flat[:16], thumbnail)
+        first_pass += 1 + len(crops)
+    assert first_pass == by_hand.shape[0]

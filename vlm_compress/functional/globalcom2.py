@@ -1,12 +1,19 @@
 """GlobalCom² (Liu et al., "Global Compression Commander", arXiv 2501.05179): the thumbnail steers the crops.
 
-The math of the official code (xuyang-liu16/GlobalCom2, ``llava/model/llava_arch.py``) as plain functions:
+The math of the official code (xuyang-liu16/GlobalCom2, ``llava/model/llava_arch.py``) as plain functions. A
+token's *score* is the official ``attn_maps[-1][:, 0, 1:]``: the head-mean of the pre-softmax scaled logits
+``q . k / sqrt(d)`` of the [CLS] query at the vision tower's last block, in the token's own pass (thumbnail or
+crop); these functions take any score tensor.
 
-1. ``s_c``: the thumbnail's [CLS] attention summed over the block of the thumbnail grid that crop ``c`` covers
+1. ``s_c``: the thumbnail's scores summed over the block of the thumbnail grid that crop ``c`` covers
    (the grid cut into ``rows x cols`` blocks of ``h // rows x w // cols`` tokens, the last block taking the rest);
 2. ``p = softmax((s - max s) / T)``, ``r_c = ratio * (1 + p_c - mean(p))`` clipped to at most 1;
 3. crop ``c`` keeps ``int(N_c * r_c)`` of its ``N_c`` valid (un-padded) tokens, ranked by
-   ``l2norm(crop [CLS] attention) + l2norm(thumbnail attention interpolated onto the un-padded grid)``.
+   ``l2norm(crop scores) + l2norm(thumbnail scores interpolated onto the un-padded grid)``.
+
+Step 2 needs logit-scale scores: a block of ``n`` tokens sums ``n`` logits, so one salient crop leads by far more
+than ``T``. Softmax probabilities sum to at most 1, ``(s - max s) / T`` stays within ``[-1 / T, 0]`` and ``p``
+is close to uniform.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import torch.nn.functional as F
 
 
 def crop_attention_sums(thumbnail_attention: torch.Tensor, layout: tuple[int, int]) -> torch.Tensor:
-    """``thumbnail_attention [h, w]`` -> ``[rows * cols]`` attention mass of the thumbnail block each crop covers.
+    """``thumbnail_attention [h, w]`` scores -> ``[rows * cols]`` their sum over the thumbnail block each crop covers.
 
     Crops are numbered row-major over the ``layout = (rows, cols)``.
     """
@@ -101,7 +108,7 @@ def solve_retention_ratio(
 
 
 def thumbnail_prior_per_crop(thumbnail_attention: torch.Tensor, valid: torch.Tensor) -> list[torch.Tensor]:
-    """The thumbnail's attention as a prior on every crop's valid tokens.
+    """The thumbnail's scores as a prior on every crop's valid tokens.
 
     ``thumbnail_attention [h, w]`` is bilinearly interpolated (``align_corners=False``) onto the un-padded
     high-resolution grid, whose valid part ``valid [rows, cols, s, s]`` (per crop) marks; the result is cut per
@@ -127,7 +134,7 @@ def thumbnail_prior_per_crop(thumbnail_attention: torch.Tensor, valid: torch.Ten
 
 
 def combined_crop_scores(crop_attention: torch.Tensor, thumbnail_prior: torch.Tensor) -> torch.Tensor:
-    """``[n]`` in-crop score: L2-normalised crop [CLS] attention + L2-normalised thumbnail prior."""
+    """``[n]`` in-crop score: L2-normalised crop scores (its own pass) + L2-normalised thumbnail prior."""
     return F.normalize(crop_attention.float(), dim=0) + F.normalize(thumbnail_prior.float(), dim=0)
 
 

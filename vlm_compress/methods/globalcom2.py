@@ -25,24 +25,35 @@ from .base import Budget, Method, check_budget, resolve_budget
 
 @dataclass
 class GlobalCom2(Method):
-    """GlobalCom² (arXiv 2501.05179), as its official code does it on LLaVA-NeXT:
+    """GlobalCom² (arXiv 2501.05179), as its official code does it on LLaVA-NeXT.
 
-    - the thumbnail keeps its top ``int(T * retention_ratio)`` tokens by the encoder's [CLS] attention;
+    Its score is the head-mean of the **pre-softmax** scaled logits ``q . k / sqrt(d)`` of the [CLS] query over
+    the patch keys at the vision tower's **last** block (``attn_maps[-1][:, 0, 1:]`` in its ``llava_arch.py``),
+    the ``cls_attention_logits`` signal, from each region's own encoder pass (the features still come from the
+    feature layer). With it:
+
+    - the thumbnail keeps its top ``int(T * retention_ratio)`` tokens by score;
     - crop ``c`` keeps ``int(N_c * r_c)`` of its ``N_c`` un-padded tokens, ``r_c = retention_ratio *
       (1 + p_c - mean(p))`` clipped to 1, ``p = softmax((s - max s) / temperature)`` where ``s_c`` is the
-      thumbnail's attention over the part of the thumbnail that crop ``c`` covers;
-    - inside a crop, tokens are ranked by L2-normalised crop [CLS] attention plus the L2-normalised thumbnail
-      attention bilinearly interpolated onto the un-padded high-resolution grid.
+      thumbnail's score summed over the part of the thumbnail that crop ``c`` covers;
+    - inside a crop, tokens are ranked by the L2-normalised crop score plus the L2-normalised thumbnail score
+      bilinearly interpolated onto the un-padded high-resolution grid.
+
+    Logits sum to hundreds over a crop's block, so a crop that holds the thumbnail's attention gets clearly more
+    tokens; softmax probabilities (``cls_attention``, at most 1 in all) would make ``(s - max s) / 10`` tiny and
+    the allocation nearly uniform.
 
     Attributes:
         retention_ratio: the paper's retention ratio (0.25 keeps about a quarter of every image's tokens).
         temperature: softmax temperature of the crop allocation (the paper's ``T = 10``).
         budget: optional tokens per image (int, float fraction or per-image list) instead of
             ``retention_ratio``: the ratio that meets it is solved per image (reported as ``info["retention_ratio"]``).
-        order: ``"score"`` puts the thumbnail's kept tokens in descending attention order as the official code
+        order: ``"score"`` puts the thumbnail's kept tokens in descending score order as the official code
             does (on LLaVA-NeXT the crops always stay in raster order); the default keeps the original order.
 
-    On images without crops (e.g. LLaVA-1.5) the thumbnail rule applies to all tokens, noted in ``info``.
+    On images without crops (e.g. LLaVA-1.5) the thumbnail rule applies to all tokens, noted in ``info``; it ranks
+    by ``cls_attention_logits`` where the model provides them and by ``cls_attention`` otherwise (Qwen2-VL's
+    encoder has no [CLS] token, only the ``cls_attention`` proxy).
     """
 
     budget: Budget | None = None
@@ -51,9 +62,10 @@ class GlobalCom2(Method):
 
     name = "globalcom2"
     description = (
-        "AnyRes: the thumbnail's [CLS] attention allocates and steers each crop's kept tokens (GlobalCom²)"
+        "AnyRes: the thumbnail's [CLS] logits allocate and steer each crop's kept tokens (GlobalCom²)"
     )
     paper = "https://arxiv.org/abs/2501.05179"
+    #: the least it needs (the thumbnail rule); AnyRes images read ``cls_attention_logits`` of every region
     requires = ("cls_attention",)
 
     def __post_init__(self) -> None:
@@ -79,10 +91,10 @@ class GlobalCom2(Method):
         if not ctx.crops or ctx.thumbnail is None:
             return self._thumbnail_rule(ctx)
         thumbnail, crops = ctx.thumbnail, ctx.crops
-        thumbnail_attention = thumbnail.cls_attention.float()
+        thumbnail_scores = thumbnail.cls_attention_logits.float()
         h, w = thumbnail.grid
         layout = (max(c.position[0] for c in crops) + 1, max(c.position[1] for c in crops) + 1)
-        sums = crop_attention_sums(thumbnail_attention.view(h, w), layout)
+        sums = crop_attention_sums(thumbnail_scores.view(h, w), layout)
         valid_counts = [int(c.indices.numel()) for c in crops]
         num_thumbnail = int(thumbnail.indices.numel())
         info = {"crop_layout": layout}
@@ -97,18 +109,19 @@ class GlobalCom2(Method):
         info.update(retention_ratio=ratio, thumbnail_kept=thumbnail_keep, crop_kept=crop_keeps)
         device = ctx.features.device
         scores = torch.zeros(ctx.num_tokens, dtype=torch.float32, device=device)
-        scores[thumbnail.indices.to(device)] = thumbnail_attention.to(device)
+        scores[thumbnail.indices.to(device)] = thumbnail_scores.to(device)
         kept = []
         if thumbnail_keep > 0:
             kept.append(
-                thumbnail.indices.to(device)[topk_indices(thumbnail_attention, thumbnail_keep).to(device)]
+                thumbnail.indices.to(device)[topk_indices(thumbnail_scores, thumbnail_keep).to(device)]
             )
         valid = torch.stack([c.valid for c in crops]).view(*layout, *crops[0].valid.shape)
-        priors = thumbnail_prior_per_crop(thumbnail_attention.view(h, w), valid)
+        priors = thumbnail_prior_per_crop(thumbnail_scores.view(h, w), valid)
         for crop, prior, keep in zip(crops, priors, crop_keeps):
             if crop.indices.numel() == 0:
                 continue
-            crop_scores = combined_crop_scores(crop.cls_attention, prior.to(crop.cls_attention.device))
+            crop_logits = crop.cls_attention_logits
+            crop_scores = combined_crop_scores(crop_logits, prior.to(crop_logits.device))
             indices = crop.indices.to(device)
             scores[indices] = crop_scores.to(device)
             if keep > 0:
@@ -116,10 +129,11 @@ class GlobalCom2(Method):
         return Selection(kept_indices=torch.cat(kept), scores=scores, info=info)
 
     def _thumbnail_rule(self, ctx: VisualContext) -> Selection:
-        scores = ctx.cls_attention.float()
+        signal = "cls_attention_logits" if ctx.has("cls_attention_logits") else "cls_attention"
+        scores = ctx.signals.get(signal).float()
         kept = topk_indices(scores, self.num_to_keep(ctx))
         return Selection(
             kept_indices=kept,
             scores=scores,
-            info={"fallback": "no crops: thumbnail rule (top tokens by [CLS] attention) on all tokens"},
+            info={"fallback": f"no crops: thumbnail rule (top tokens by {signal}) on all tokens"},
         )
