@@ -7,6 +7,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import vlm_compress as vlmc
+from vlm_compress.methods.uniform import Uniform
 from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
 
 from .helpers import LayerLengths
@@ -227,3 +228,22 @@ def test_full_feature_strategy_keeps_cls_as_a_token():
     with vlmc.compress(model, "uniform", budget=10) as run:
         model(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"])
     assert run.report.images[0].tokens_before == N + 1 and run.report.images[0].tokens_after == 10
+
+
+def test_original_image_sizes_give_the_padding_mask_and_are_not_passed_to_the_tower(model):
+    """``image_sizes`` (original (height, width)) mark the pad-to-square band; CLIP never sees them."""
+    inputs = tiny_inputs(model, [2], seed=16)
+    reference = model(**inputs).logits
+    masks = []
+
+    class Spy(Uniform):
+        def select(self, ctx):
+            masks.append(ctx.signals.get("padding_mask"))
+            return super().select(ctx)
+
+    sizes = torch.tensor([[96, 40], [96, 96]])  # tall: 28 px bands = 3 whole columns left and right; square
+    with vlmc.compress(model, Spy(budget=N)):
+        assert torch.equal(model(**inputs, image_sizes=sizes).logits, reference)
+    expected = torch.zeros(12, 12, dtype=torch.bool)
+    expected[:, :3] = expected[:, 9:] = True
+    assert torch.equal(masks[0], expected.flatten()) and not masks[1].any()

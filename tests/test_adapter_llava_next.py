@@ -237,3 +237,25 @@ def test_in_llm_pruning_keeps_every_newline(model):
     with LayerLengths(model) as probe, vlmc.compress(model, "fastv", budget=12, prune_layer=1):
         model(**inputs)
     assert probe.calls[0] == [length, length - (48 - 12), length - (48 - 12)]
+
+
+def test_selection_without_newlines_drops_every_newline(model):
+    """``Selection.keep_newlines=False``: the kept content tokens only, thumbnail then grid in raster order."""
+    inputs = tiny_inputs(model, [1], seed=0, text_lengths=[3])
+    kept = (2, 5, 16, 17, 27)
+
+    @dataclass
+    class NoNewlines(Fixed):
+        def select(self, ctx):
+            selection = super().select(ctx)
+            selection.keep_newlines = False
+            return selection
+
+    packed = _encoded(model, inputs).pooler_output[0]
+    layout = anyres_layout(inputs["image_sizes"][0], model.config.image_grid_pinpoints, 32, 4)
+    with Embeds(model) as probe, vlmc.compress(model, NoNewlines(kept=kept)):
+        model(**inputs)
+    image = inputs["input_ids"][0] == 999
+    start = int(torch.nonzero(image)[0])
+    assert torch.equal(probe.calls[0][0, start : start + len(kept)], packed[layout.content[list(kept)]])
+    assert probe.calls[0].shape[1] == inputs["input_ids"].shape[1] - int(image.sum()) + len(kept)

@@ -97,3 +97,20 @@ def test_errors_are_clear(qwen):
             with vlmc.compress(build_tiny(model.config.model_type), "uniform", budget=20) as run:
                 run.model(**inputs)  # the first image has 16 tokens
     assert hook_state(model) == before
+
+
+def test_patch_features_are_the_merged_tokens_patches(qwen):
+    model, inputs = qwen
+    seen = []
+
+    class Spy(vlmc.methods.uniform.Uniform):
+        def select(self, ctx):
+            seen.append((ctx.vision_features, ctx.signals.get("patch_features")))
+            return super().select(ctx)
+
+    with vlmc.compress(model, Spy(budget=4)):
+        model(**inputs)
+    embed_dim = model.model.visual.blocks[0].norm1.weight.shape[0]
+    for vision, patches in seen:
+        assert patches.shape == (vision.shape[0], 4, embed_dim)
+        assert torch.equal(patches.reshape(vision.shape[0], -1), vision)

@@ -13,6 +13,10 @@ few *signals* that are computed lazily, the first time a method reads them, and 
 ``prompt_text``           the prompt's text (needs a tokenizer: ``vlmc.compress(..., processor=...)``)
 ``question``              the text after the image in its prompt, chat-template role markers removed (tokenizer)
 ``text_embedder``         ``str -> [m, D]``: words tokenised without special tokens, LM input embeddings (tokenizer)
+``padding_mask``          ``[N]`` bool, True for the tokens whose patch lies fully in the band the processor padded
+                          to make the image square (LLaVA-1.5 pad-to-square; only when the original size is known)
+``patch_features``        ``[N, u, Dv]`` the ``u`` encoder patches each merged token is made of (Qwen2-VL's 2x2
+                          merger input; ``vision_features`` is their concatenation)
 ========================  ==========================================================================================
 """
 
@@ -35,6 +39,8 @@ SIGNALS = (
     "prompt_text",
     "question",
     "text_embedder",
+    "padding_mask",
+    "patch_features",
 )
 
 
@@ -101,6 +107,8 @@ class VisualContext:
         image_index: index of the image among the call's images (batch order).
         row: batch row (prompt) that holds the image.
         thumbnail / crops: structure of AnyRes images (LLaVA-NeXT); ``None`` elsewhere.
+        model_type: the model's ``config.model_type`` (``"llava"``, ``"qwen2_vl"``, ...), for methods whose
+            official defaults differ per model family; ``None`` when unknown.
     """
 
     features: torch.Tensor
@@ -109,6 +117,7 @@ class VisualContext:
     row: int = 0
     thumbnail: TokenRegion | None = None
     crops: list[TokenRegion] | None = None
+    model_type: str | None = None
     signals: _LazySignals = field(default_factory=_LazySignals, repr=False)
 
     @property

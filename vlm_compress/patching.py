@@ -73,6 +73,8 @@ class CompressionHandle:
         self.method = method
         self.position_ids = position_ids
         self.tokenizer = getattr(processor, "tokenizer", processor)
+        #: the processor's image processor, when a full processor was given (``None`` for a tokenizer alone)
+        self.image_processor = getattr(processor, "image_processor", None)
         self.report = Report()
         self._undo: list[tuple[str, Any]] = []
         self._active = False
@@ -156,7 +158,8 @@ def patch(
         method: a registered name (``vlmc.list_methods()``) or a method object.
         position_ids: ``"original"`` (default): kept tokens keep the position ids they had in the full
             sequence; ``"contiguous"``: the shortened sequence is renumbered without gaps.
-        processor: optional processor or tokenizer, for methods that read the prompt's text.
+        processor: optional processor or tokenizer, for methods that read the prompt's text; a full
+            processor also tells LLaVA-1.5 whether its images were padded to square (``do_pad``).
         **method_kwargs: the method's hyper-parameters, e.g. ``budget=64`` (tokens per image) or
             ``budget=0.25`` (fraction of each image's tokens).
 

@@ -27,6 +27,8 @@ class Selection:
         groups: optional ``[N]`` for merging methods: for every original token, the row of
             ``kept_indices`` it was merged into (``-1``: dropped).
         info: free-form details a method wants to surface in the report (e.g. a solved ratio).
+        keep_newlines: AnyRes layouts (LLaVA-NeXT): ``True`` keeps the newline token of every grid row that keeps
+            a token; ``False`` drops every newline (MMTok's official layout). Ignored by other models.
     """
 
     kept_indices: torch.Tensor
@@ -34,6 +36,7 @@ class Selection:
     scores: torch.Tensor | None = None
     groups: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    keep_newlines: bool = True
 
     @property
     def num_kept(self) -> int:
@@ -106,6 +109,7 @@ class Selection:
             scores=self.scores,
             groups=groups,
             info=dict(self.info),
+            keep_newlines=self.keep_newlines,
         )
 
     def kept_mask(self, num_tokens: int) -> torch.Tensor:

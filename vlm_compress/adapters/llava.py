@@ -4,6 +4,13 @@ Each ``<image>`` of the prompt is expanded by the processor into ``N`` placehold
 a 24x24 patch grid of a CLIP ViT-L/14-336, [CLS] dropped). The adapter encodes all images once with
 ``get_image_features`` (keeping the encoder's hidden states for the lazy signals), lets the method choose, and
 hands the kept features back through ``mm_encoder_outputs``.
+
+Pad-to-square: LLaVA-1.5's preprocessing pads a non-square image to a square with the image-mean colour before
+resizing it. When the call passes ``image_sizes`` (one original ``(height, width)`` per image; not forwarded to
+a CLIP tower, which does not take it) and the processor pads (``vlmc.compress(..., processor=processor)`` with
+``image_processor.do_pad=True``; without a processor, sizes given are taken to mean padded images, as in the
+original LLaVA repository), the ``padding_mask`` signal marks the tokens whose patch lies fully inside the padded
+band, by the rule of MMTok's official ``calculate_padding_patch_indices``.
 """
 
 from __future__ import annotations
@@ -49,6 +56,31 @@ def assign_image_slots(
     return slots
 
 
+def padding_patch_mask(image_size: Any, encoder_size: int, patch_size: int) -> torch.Tensor:
+    """``[side * side]`` bool, row-major: the patches that lie fully inside the band that padding an image of
+    ``image_size`` ``(height, width)`` to a square adds, once resized to ``encoder_size`` pixels.
+
+    The rule of MMTok's official ``calculate_padding_patch_indices`` (``mmtok/llava/patch_llava.py``,
+    ``include_overlap=False``): the short side scales to ``round(short * encoder_size / long)`` pixels, the band
+    ``encoder_size - scaled`` splits ``floor(half)`` before / the rest after, and ``band // patch_size`` whole
+    rows (or columns) on each side are padding.
+    """
+    height, width = (int(x) for x in image_size)
+    side = encoder_size // patch_size
+    mask = torch.zeros(side, side, dtype=torch.bool)
+    if height == width:
+        return mask.flatten()
+    scaled = int(round(min(height, width) * (encoder_size / max(height, width))))
+    before = (encoder_size - scaled) // 2
+    after = encoder_size - scaled - before
+    first, last = before // patch_size, after // patch_size
+    # a wide image is padded above and below, a tall one left and right
+    band = mask if width > height else mask.T
+    band[:first] = True
+    band[side - last :] = True
+    return mask.flatten()
+
+
 class LlavaAdapter(Adapter):
     model_types = ("llava",)
 
@@ -59,7 +91,7 @@ class LlavaAdapter(Adapter):
         self.image_token_id = self.config.image_token_id
 
     def available_signals(self) -> set[str]:
-        signals = {"vision_features"} | text_signals.available(self.handle)
+        signals = {"vision_features", "padding_mask"} | text_signals.available(self.handle)
         if vision_towers.has_cls_token(self.vision_tower):
             signals |= {"cls_attention", "cls_attention_logits"}
         return signals
@@ -101,24 +133,56 @@ class LlavaAdapter(Adapter):
         self.check_finite(features)
         return encoded, features
 
+    def pads_to_square(self) -> bool:
+        """Whether the images were padded to a square before resizing: the processor's ``do_pad`` when a
+        processor was given, else assumed (the original LLaVA-1.5 preprocessing)."""
+        image_processor = self.handle.image_processor
+        return image_processor is None or bool(getattr(image_processor, "do_pad", False))
+
+    def padding_masks(self, image_sizes: Any, features: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """Per image, the ``padding_mask`` signal (``None`` where it is not known)."""
+        if image_sizes is None or not self.pads_to_square():
+            return [None] * len(features)
+        if len(image_sizes) != len(features):
+            raise InputMismatchError(
+                f"image_sizes has {len(image_sizes)} entries but the call has {len(features)} images; "
+                "pass one original (height, width) per image"
+            )
+        vision = self.config.vision_config
+        return [
+            padding_patch_mask(size, vision.image_size, vision.patch_size).to(feats.device)
+            if self.grid_for(feats.shape[0]) is not None
+            else None
+            for size, feats in zip(image_sizes, features)
+        ]
+
     def encode(self, call: dict[str, Any], is_image: torch.Tensor) -> list[ImageSlot]:
         pixel_values = call.pop("pixel_values")
         feature_layer, strategy = self.pop_feature_options(call)
         extra = {}
+        original_sizes = None
         if call.get("image_sizes") is not None:
-            extra["image_sizes"] = call.pop("image_sizes")
+            if getattr(self.config.vision_config, "model_type", None) == "pixtral":
+                extra["image_sizes"] = call.pop("image_sizes")  # Pixtral's own (processed) sizes
+            else:
+                original_sizes = call.pop("image_sizes")
         encoded, features = self.encode_images(pixel_values, feature_layer, strategy, **extra)
         placements = assign_image_slots(is_image, [f.shape[0] for f in features], placeholder="<image>")
+        padding = self.padding_masks(original_sizes, features)
         hidden_states = encoded.hidden_states
         signals = ImageSignals(self, call, hidden_states, feature_layer, strategy)
         slots = []
         for i, ((row, columns), feats) in enumerate(zip(placements, features)):
+            providers = signals.providers(i, row, columns, is_image)
+            if padding[i] is not None:
+                providers["padding_mask"] = lambda mask=padding[i]: mask
             context = VisualContext(
                 features=feats,
                 grid=self.grid_for(feats.shape[0]),
                 image_index=i,
                 row=row,
-                signals=_LazySignals(signals.providers(i, row, columns, is_image), owner=f"image {i}"),
+                model_type=self.config.model_type,
+                signals=_LazySignals(providers, owner=f"image {i}"),
             )
             slots.append(ImageSlot(row=row, columns=columns, context=context))
         return slots

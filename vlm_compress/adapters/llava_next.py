@@ -18,7 +18,8 @@ What a method sees (:class:`~vlm_compress.context.VisualContext`):
   ``cls_attention_logits`` likewise (the pre-softmax logits at the tower's last block). Both also per region.
 
 Newline policy: a grid row keeps its newline when at least one of its tokens is kept and loses it otherwise,
-so the compressed image still reads as rows ended by newlines. A reordering (``order="score"`` or
+so the compressed image still reads as rows ended by newlines; a selection with ``keep_newlines=False`` drops
+every newline (MMTok's official layout). A reordering (``order="score"`` or
 ``"selection"``) applies to the thumbnail's tokens; the grid always stays in raster order with its newlines
 (this is also what GlobalCom²'s official code does). Inside the language model (FastV, ToDRE stage 2) the
 newline positions are not counted as visual: they always survive there, and budgets count content tokens.
@@ -111,6 +112,10 @@ class LlavaNextAdapter(LlavaAdapter):
     def grid_for(self, num_tokens: int) -> tuple[int, int] | None:
         return None
 
+    def available_signals(self) -> set[str]:
+        # AnyRes crops the image instead of padding it to a square
+        return super().available_signals() - {"padding_mask"}
+
     def encode(self, call: dict[str, Any], is_image: torch.Tensor) -> list[ImageSlot]:
         pixel_values = call.pop("pixel_values")
         image_sizes = call.pop("image_sizes", None)
@@ -151,6 +156,7 @@ class LlavaNextAdapter(LlavaAdapter):
                 grid=None,
                 image_index=i,
                 row=row,
+                model_type=self.config.model_type,
                 thumbnail=TokenRegion(
                     indices=torch.arange(layout.thumbnail_tokens),
                     grid=(side, side),
@@ -202,7 +208,7 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def kept_layout(self, slot: ImageSlot) -> tuple[torch.Tensor, torch.Tensor]:
         """Kept thumbnail tokens (in the selection's order), then the kept grid tokens in raster order with the
-        newline of every grid row that keeps a token."""
+        newline of every grid row that keeps a token (none with ``Selection.keep_newlines=False``)."""
         if not isinstance(slot, AnyResSlot):
             return super().kept_layout(slot)
         layout, packed, selection = slot.layout, slot.packed, slot.selection
@@ -213,7 +219,8 @@ class LlavaNextAdapter(LlavaAdapter):
         features = selection.features if selection.features is not None else slot.context.features[kept]
         in_thumbnail = kept < layout.thumbnail_tokens
         in_grid = ~in_thumbnail
-        newlines = layout.newlines[torch.unique(layout.grid_row[kept[in_grid]])]
+        rows_kept = torch.unique(layout.grid_row[kept[in_grid]])
+        newlines = layout.newlines[rows_kept if selection.keep_newlines else rows_kept[:0]]
         grid_positions = torch.cat([layout.content[kept[in_grid]], newlines])
         grid_features = torch.cat([features[in_grid.to(features.device)], packed[newlines.to(packed.device)]])
         order = torch.argsort(grid_positions)

@@ -12,7 +12,8 @@ itself; manual decode loops get per-row offsets that include the rope deltas. On
 is supported (a contiguous renumbering of 3-D positions is not defined).
 
 Signals: ``vision_features`` are the vision transformer's last hidden states of the 2x2 patches each merged
-token is made of (concatenated, the merger's input). Qwen's encoder has **no [CLS] token**; ``cls_attention``
+token is made of (concatenated, the merger's input); ``patch_features`` are the same patches unconcatenated,
+``[N, 4, Dv]``. Qwen's encoder has **no [CLS] token**; ``cls_attention``
 is a documented proxy: the head-averaged attention each merged token *receives* from all patches of its image
 at the encoder's last block, recomputed from that block's own queries and keys (rows of the full attention of
 that block averaged over queries, summed over the 4 patches), normalised to sum to 1.
@@ -49,7 +50,7 @@ class Qwen2VLAdapter(Adapter):
         self.merge = self.config.vision_config.spatial_merge_size
 
     def available_signals(self) -> set[str]:
-        return {"vision_features", "cls_attention"} | text_signals.available(self.handle)
+        return {"vision_features", "patch_features", "cls_attention"} | text_signals.available(self.handle)
 
     def image_token_mask(self, input_ids, inputs_embeds):
         if input_ids is None:
@@ -94,6 +95,7 @@ class Qwen2VLAdapter(Adapter):
                 grid=self.grid_of(grid_thw[i]),
                 image_index=i,
                 row=row,
+                model_type=self.config.model_type,
                 signals=_LazySignals(signals.providers(i, row, columns, is_image), owner=f"image {i}"),
             )
             slots.append(ImageSlot(row=row, columns=columns, context=context))
@@ -171,6 +173,7 @@ class QwenSignals(text_signals.PromptSignals):
     def providers(self, image: int, row: int, columns: torch.Tensor, is_image: torch.Tensor) -> dict[str, Any]:
         return {
             "vision_features": lambda: self.vision_features(image),
+            "patch_features": lambda: self.patch_features(image),
             "cls_attention": lambda: self.attention_received()[image],
             **self.text_providers(row, columns, is_image),
         }
@@ -184,8 +187,12 @@ class QwenSignals(text_signals.PromptSignals):
         start = sum(self.sizes[:image]) // self.unit
         return slice(start, start + self.sizes[image] // self.unit)
 
+    def patch_features(self, image: int) -> torch.Tensor:
+        """``[N, unit, Dv]`` the last hidden states of the patches each merged token of ``image`` is made of."""
+        return self._units(self.last_hidden)[self._image_slice(image)]
+
     def vision_features(self, image: int) -> torch.Tensor:
-        units = self._units(self.last_hidden)[self._image_slice(image)]
+        units = self.patch_features(image)
         return units.reshape(units.shape[0], -1)
 
     @torch.no_grad()

@@ -31,6 +31,10 @@ NON_VISUAL_WORDS = frozenset(
     }
 )
 DEFAULT_QUESTION = "What do you see in this image?"
+#: model types whose official MMTok defaults are the Qwen ones (``mmtok/qwen/``)
+QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+TEXT_SOURCES = ("keywords", "question")
+VISION_POOLINGS = ("concat", "mean")
 _WORD = re.compile(r"\b\w+\b")
 
 
@@ -46,22 +50,69 @@ def extract_keywords(text: str) -> str:
     return " ".join(words) if words else text
 
 
+def split_budget(total: int, capacities: list[int]) -> list[int]:
+    """``total`` tokens split as evenly as possible over parts holding ``capacities`` tokens.
+
+    Every part gets the same share; what a part cannot hold is shared out again among the parts with room; a
+    remainder smaller than the parts with room gives one more token to the first of them.
+    ``total <= sum(capacities)``.
+    """
+    counts = [0] * len(capacities)
+    remaining = total
+    open_parts = [i for i, capacity in enumerate(capacities) if capacity > 0]
+    while remaining > 0 and open_parts:
+        share = remaining // len(open_parts)
+        if share == 0:
+            for i in open_parts[:remaining]:
+                counts[i] += 1
+            break
+        for i in open_parts:
+            added = min(share, capacities[i] - counts[i])
+            counts[i] += added
+            remaining -= added
+        open_parts = [i for i in open_parts if counts[i] < capacities[i]]
+    return counts
+
+
 @dataclass
 class MMTok(Method):
     """Greedy maximum coverage (see :func:`vlm_compress.functional.mmtok_coverage`): the kept tokens must cover
-    the question's keywords (text-vision similarity in the language model's embedding space, softmax with
+    the question's text (text-vision similarity in the language model's embedding space, softmax with
     ``tv_temperature``) and the image's own tokens (vision-vision similarity in the encoder's feature space,
     softmax with ``vv_temperature``, weighted by ``alpha``).
 
-    The text side follows the official method: keywords of the question (:func:`extract_keywords`) embedded with
-    the language model's own input embeddings, without BOS. It needs the processor
-    (``vlmc.compress(model, "mmtok", budget=64, processor=processor)``); without one, the prompt's text tokens
-    are used as they are.
+    The text side is embedded with the language model's own input embeddings, without BOS. It needs the
+    processor (``vlmc.compress(model, "mmtok", budget=64, processor=processor)``); without one, the prompt's
+    text tokens are used as they are.
+
+    Fields left at ``None`` take the official code's value for the model family (LLaVA-1.5 / LLaVA-NeXT;
+    Qwen2-VL / Qwen2.5-VL):
+
+    - ``tv_temperature``: 0.02; 0.01.
+    - ``text_source``: ``"keywords"`` (the question's :func:`extract_keywords`); ``"question"``
+      (``"Question: {q}"`` with every word kept).
+    - ``vision_pooling``: ``"concat"`` (``vision_features`` as they are); ``"mean"`` (the mean of the 4
+      pre-merger patches of each merged token, ``patch_features``).
+
+    Attributes:
+        per_subimage: AnyRes images (LLaVA-NeXT): one selection per sub-image, the thumbnail and every crop,
+            the budget split evenly over them (the official code keeps ``target_vision_tokens`` per 576-token
+            sub-image; a crop whose un-padded tokens are fewer than its share passes the rest on to the others),
+            and no row-newline token is kept. ``False``: one selection over all the image's content tokens,
+            and every grid row that keeps a token keeps its newline. No effect on other models.
+        exclude_padding: LLaVA-1.5 with pad-to-square: never keep a token whose patch lies fully in the padded
+            band (the ``padding_mask`` signal, known when the call passes the images' original ``image_sizes``;
+            the official ``remove_padding_indices=True``). When the budget exceeds the content tokens, every
+            content token is kept and the rest is chosen among the padding tokens (``info["padding_fill"]``).
     """
 
     alpha: float = 0.5
-    tv_temperature: float = 0.02
+    tv_temperature: float | None = None
     vv_temperature: float = 0.2
+    text_source: str | None = None
+    vision_pooling: str | None = None
+    per_subimage: bool = True
+    exclude_padding: bool = True
 
     name = "mmtok"
     description = "multimodal coverage maximisation: cover the question's keywords and the image (MMTok)"
@@ -73,29 +124,143 @@ class MMTok(Method):
         if self.alpha < 0:
             raise ValueError(f"mmtok: alpha must be >= 0, got {self.alpha}")
         for field_name in ("tv_temperature", "vv_temperature"):
-            if not getattr(self, field_name) > 0:
-                raise ValueError(f"mmtok: {field_name} must be > 0, got {getattr(self, field_name)}")
+            value = getattr(self, field_name)
+            if value is not None and not value > 0:
+                raise ValueError(
+                    f"mmtok: {field_name} must be > 0 (or None for the model's default), got {value}"
+                )
+        if self.text_source not in (None, *TEXT_SOURCES):
+            raise ValueError(
+                f"mmtok: text_source must be one of {TEXT_SOURCES} or None, got {self.text_source!r}"
+            )
+        if self.vision_pooling not in (None, *VISION_POOLINGS):
+            raise ValueError(
+                f"mmtok: vision_pooling must be one of {VISION_POOLINGS} or None, got {self.vision_pooling!r}"
+            )
 
+    # -- the official per-family defaults ----------------------------------------------------------------
+    @staticmethod
+    def _is_qwen(ctx: VisualContext) -> bool:
+        return ctx.model_type in QWEN_MODEL_TYPES
+
+    def resolved_tv_temperature(self, ctx: VisualContext) -> float:
+        if self.tv_temperature is not None:
+            return self.tv_temperature
+        # Qwen: mmtok/qwen/qwen2_5_vl_mmtok.py, mmtok_qwen2_5_vl(): softmax_tv_temperature=0.01;
+        # LLaVA: mmtok/llava/llava_inject.py, mmtok(): softmax_tv_temperature=0.02
+        return 0.01 if self._is_qwen(ctx) else 0.02
+
+    def resolved_text_source(self, ctx: VisualContext) -> str:
+        if self.text_source is not None:
+            return self.text_source
+        # Qwen: mmtok/core/mmtok_core.py, MMTokCore.apply_selection_preprocess_qwen(): f"Question: {q}", keyword
+        # extraction only with clean_text (never set); LLaVA: MMTokCore.apply_selection(): extract_keywords_simple
+        return "question" if self._is_qwen(ctx) else "keywords"
+
+    def resolved_vision_pooling(self, ctx: VisualContext) -> str:
+        if self.vision_pooling is not None:
+            return self.vision_pooling
+        # Qwen: mmtok/qwen/modeling_qwen2_5_vl_mmtok.py, Qwen2_5_VisionTransformerPretrainedModel_MMTok.forward():
+        # img_features.reshape(seq_len // 4, 4, -1).mean(dim=1), the last block's output before the merger
+        return "mean" if self._is_qwen(ctx) else "concat"
+
+    # -- the two target sets -----------------------------------------------------------------------------
     def text_tokens(self, ctx: VisualContext) -> torch.Tensor:
-        """``[m, D]`` the text side: keyword embeddings when a tokenizer is available, else the prompt's tokens."""
+        """``[m, D]`` the text side: the question (as keywords or ``"Question: {q}"``, see ``text_source``)
+        embedded when a tokenizer is available, else the prompt's tokens."""
         if ctx.has("question") and ctx.has("text_embedder"):
             question = ctx.signals.get("question").strip() or DEFAULT_QUESTION
-            embeds = ctx.signals.get("text_embedder")(extract_keywords(question))
+            if self.resolved_text_source(ctx) == "question":
+                text = f"Question: {question}"
+            else:
+                text = extract_keywords(question)
+            embeds = ctx.signals.get("text_embedder")(text)
             if embeds.shape[0] > 0:
                 return embeds
         return ctx.text_embeds
 
+    def vision_tokens(self, ctx: VisualContext) -> torch.Tensor:
+        """``[N, Dv]`` the vision-vision side in the encoder's space: ``vision_features``, or with
+        ``vision_pooling="mean"`` the mean of each merged token's patches (``patch_features``) where the model
+        merges patches (Qwen2-VL); elsewhere every token is one patch and both are the same."""
+        if self.resolved_vision_pooling(ctx) == "mean" and ctx.has("patch_features"):
+            return ctx.signals.get("patch_features").mean(dim=1)
+        return ctx.vision_features
+
+    # -- selection -----------------------------------------------------------------------------------------
     def select(self, ctx: VisualContext) -> Selection:
         k = self.num_to_keep(ctx)
         if k == ctx.num_tokens:
             return Selection(kept_indices=torch.arange(k, device=ctx.features.device))
-        kept = mmtok_coverage(
-            self.text_tokens(ctx),
-            ctx.features,
-            ctx.vision_features,
+        text, vision = self.text_tokens(ctx), self.vision_tokens(ctx)
+        if self.per_subimage and ctx.thumbnail is not None and ctx.crops:
+            return self._select_per_subimage(ctx, k, text, vision)
+        if self.exclude_padding and ctx.has("padding_mask"):
+            padding = ctx.signals.get("padding_mask").to(ctx.features.device)
+            if bool(padding.any()):
+                return self._select_without_padding(ctx, k, text, vision, padding)
+        kept = self._coverage(ctx, text, ctx.features, vision, k)
+        return Selection(kept_indices=kept.to(ctx.features.device))
+
+    def _coverage(
+        self, ctx: VisualContext, text: torch.Tensor, features: torch.Tensor, vision: torch.Tensor, k: int
+    ) -> torch.Tensor:
+        return mmtok_coverage(
+            text,
+            features,
+            vision,
             k,
             alpha=self.alpha,
-            tv_temperature=self.tv_temperature,
+            tv_temperature=self.resolved_tv_temperature(ctx),
             vv_temperature=self.vv_temperature,
         )
-        return Selection(kept_indices=kept.to(ctx.features.device))
+
+    def _select_per_subimage(
+        self, ctx: VisualContext, k: int, text: torch.Tensor, vision: torch.Tensor
+    ) -> Selection:
+        """One coverage selection per sub-image (thumbnail, then crops), the budget split evenly; no newlines
+        (``restore_image_features_sorted`` in the official ``mmtok/llava/llava_arch_mmtok.py``)."""
+        device = ctx.features.device
+        regions = [ctx.thumbnail, *ctx.crops]
+        indices = [region.indices.to(device) for region in regions]
+        counts = split_budget(k, [int(index.numel()) for index in indices])
+        kept = []
+        for index, count in zip(indices, counts):
+            if count == index.numel():
+                kept.append(index)
+            elif count > 0:
+                local = self._coverage(ctx, text, ctx.features[index], vision[index], count)
+                kept.append(index[local.to(device)])
+        kept_indices = torch.cat(kept).sort().values
+        return Selection(kept_indices=kept_indices, info={"per_subimage": counts}, keep_newlines=False)
+
+    def _select_without_padding(
+        self, ctx: VisualContext, k: int, text: torch.Tensor, vision: torch.Tensor, padding: torch.Tensor
+    ) -> Selection:
+        """Coverage over the content tokens only; a budget above them keeps them all and fills the rest with a
+        coverage selection among the padding tokens."""
+        content = torch.nonzero(~padding).flatten()
+        info = {"padding_tokens": int(padding.sum())}
+        if k <= content.numel():
+            kept = self._coverage_excluding(ctx, text, vision, k, torch.nonzero(padding).flatten())
+            return Selection(kept_indices=kept.to(ctx.features.device), info=info)
+        pad = torch.nonzero(padding).flatten()
+        fill = k - content.numel()
+        local = self._coverage(ctx, text, ctx.features[pad], vision[pad], fill)
+        info["padding_fill"] = fill
+        kept = torch.cat([content, pad[local.to(pad.device)]]).sort().values
+        return Selection(kept_indices=kept, info=info)
+
+    def _coverage_excluding(
+        self, ctx: VisualContext, text: torch.Tensor, vision: torch.Tensor, k: int, exclude: torch.Tensor
+    ) -> torch.Tensor:
+        return mmtok_coverage(
+            text,
+            ctx.features,
+            vision,
+            k,
+            alpha=self.alpha,
+            tv_temperature=self.resolved_tv_temperature(ctx),
+            vv_temperature=self.vv_temperature,
+            exclude=exclude,
+        )
