@@ -10,6 +10,7 @@ from .globalcom2 import (
     thumbnail_prior_per_crop,
 )
 from .k_center import k_center
+from .max_sum import max_sum_diversification
 from .merging import bipartite_soft_matching, merge_by_groups
 from .pooling import cell_average_pool, grid_layout, uniform_grid_indices
 from .similarity import cosine_similarity, normalize_rows
@@ -26,6 +27,7 @@ __all__ = [
     "crop_retention_ratios",
     "greedy_coverage",
     "k_center",
+    "max_sum_diversification",
     "mmtok_coverage",
     "merge_by_groups",
     "cosine_similarity",

@@ -1,7 +1,14 @@
-"""ToDRE: token diversity (greedy k-center) before the language model, task relevance inside it.
+"""ToDRE: token diversity before the language model, task relevance inside it.
 
 Li, Yang, Lu, "ToDRE: Visual Token Pruning via Diversity and Task Awareness for Efficient Large
-Vision-Language Models" (arXiv 2505.18757).
+Vision-Language Models" (arXiv 2505.18757v1, May 2025); revised as "ToDRE: Effective Visual Token Pruning via
+Token Diversity and Task Relevance" (v2, Nov 2025). No official code is public.
+
+We implement **v1** by default: greedy k-center diversity. v2 replaces it with "greedy max-sum diversification";
+``diversity="max_sum"`` offers the textbook form of that greedy (see :mod:`vlm_compress.functional.max_sum`),
+since the exact v2 objective was not available to us. The stage-2 schedule (which layers, what share) is not
+stated in either version's public text: ``relevance_layer=2``, ``relevance_keep=0.5`` and ``migration_layer=0.5``
+are **our assumption**, exposed as parameters.
 """
 
 from __future__ import annotations
@@ -12,60 +19,86 @@ from dataclasses import dataclass
 import torch
 
 from ..context import LayerContext, VisualContext
-from ..functional import k_center
+from ..functional import k_center, max_sum_diversification
 from ..selection import Selection
-from .base import Method, resolve_budget
+from .base import Budget, Method, resolve_budget
 from .fastv import keep_top_attended
+
+DIVERSITY = ("k_center", "max_sum")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
 class ToDRE(Method):
     """Two stages.
 
-    1. **Diversity** (after the vision encoder): greedy k-center (farthest-point) selection of ``budget`` tokens
-       under cosine distance in the vision encoder's feature space, starting from the pivot token with the
-       highest [CLS] attention; kept tokens are placed in original order (``order="selection"`` keeps the
-       k-center order).
+    1. **Diversity** (after the vision encoder): ``budget`` tokens chosen greedily under cosine distance in the
+       vision encoder's feature space, starting from the pivot token with the highest [CLS] attention.
+       ``diversity="k_center"`` (v1, the default) adds the token farthest from its nearest selected token;
+       ``diversity="max_sum"`` (our reading of v2) adds the token with the largest summed distance to all selected
+       tokens. Kept tokens are placed in original order (``order="selection"`` keeps the greedy order).
     2. **Task relevance** (inside the language model): before layer ``relevance_layer`` each image keeps the
        ``relevance_keep`` fraction of its remaining tokens that the prompt's last token attends to most (head
        averaged, recomputed from that layer's queries and keys); before layer ``migration_layer`` the remaining
        visual tokens are dropped entirely, since their information has migrated into the text tokens.
+       **Assumption:** neither paper version's public text gives these numbers; the defaults (layer 2, keep
+       50%, drop all at half depth) are ours.
 
     Attributes:
+        budget: tokens kept by stage 1; default ``64 / 576`` (64 of LLaVA-1.5's 576 tokens, the paper's headline
+            setting of pruning ~90% of the visual tokens after the encoder).
+        diversity: ``"k_center"`` (v1) or ``"max_sum"`` (v2's greedy max-sum diversification, textbook form).
         feature_space: ``"vision"`` (encoder outputs, the paper's choice) or ``"projected"`` (LLM embedding space).
-        relevance_layer: first pruning layer inside the language model.
-        relevance_keep: fraction of each image's visual tokens kept at ``relevance_layer``.
-        migration_layer: layer from which no visual token is kept: an int, or a float = fraction of the depth
-            (``0.5`` -> layer 16 of LLaVA-1.5-7B's 32). Ignored when it does not fall after ``relevance_layer``.
+        relevance_layer: first pruning layer inside the language model (int >= 1).
+        relevance_keep: fraction in (0, 1] of each image's visual tokens kept at ``relevance_layer``.
+        migration_layer: layer from which no visual token is kept: an int after ``relevance_layer``, or a float
+            = fraction of the depth (``0.5`` -> layer 16 of LLaVA-1.5-7B's 32); a fraction that does not resolve
+            to a layer after ``relevance_layer`` and before the last layer turns the drop off for that model.
 
     A budget that keeps every token turns stage 2 off as well, so a full budget is exactly the unpatched model.
     """
 
+    budget: Budget = 64 / 576
+    diversity: str = "k_center"
     feature_space: str = "vision"
     relevance_layer: int = 2
     relevance_keep: float = 0.5
     migration_layer: int | float = 0.5
 
     name = "todre"
-    description = "greedy k-center diversity after the encoder + task-relevance pruning inside the LLM (ToDRE)"
+    description = (
+        "greedy k-center diversity after the encoder + task-relevance pruning inside the LLM (ToDRE)"
+    )
     paper = "https://arxiv.org/abs/2505.18757"
     requires = ("cls_attention", "vision_features")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.diversity not in DIVERSITY:
+            raise ValueError(f"todre: diversity must be one of {DIVERSITY}, got {self.diversity!r}")
         if self.feature_space not in ("vision", "projected"):
-            raise ValueError(f"todre: feature_space must be 'vision' or 'projected', got {self.feature_space!r}")
-        if not isinstance(self.relevance_layer, int) or isinstance(self.relevance_layer, bool) or self.relevance_layer < 1:
-            raise ValueError(f"todre: relevance_layer must be an int >= 1, got {self.relevance_layer!r}")
-        if not 0.0 < self.relevance_keep <= 1.0:
-            raise ValueError(f"todre: relevance_keep must lie in (0, 1], got {self.relevance_keep!r}")
-        if isinstance(self.migration_layer, bool) or not (
-            (isinstance(self.migration_layer, int) and self.migration_layer >= 1)
-            or (isinstance(self.migration_layer, float) and 0.0 < self.migration_layer <= 1.0)
-        ):
             raise ValueError(
-                "todre: migration_layer must be an int >= 1 or a fraction of the depth in (0, 1], "
-                f"got {self.migration_layer!r}"
+                f"todre: feature_space must be 'vision' or 'projected', got {self.feature_space!r}"
+            )
+        if not _is_int(self.relevance_layer) or self.relevance_layer < 1:
+            raise ValueError(f"todre: relevance_layer must be an int >= 1, got {self.relevance_layer!r}")
+        keep = self.relevance_keep
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < keep <= 1.0:
+            raise ValueError(f"todre: relevance_keep must lie in (0, 1], got {keep!r}")
+        layer = self.migration_layer
+        if _is_int(layer):
+            if layer <= self.relevance_layer:
+                raise ValueError(
+                    f"todre: migration_layer {layer} must come after relevance_layer {self.relevance_layer} "
+                    f"(an int >= {self.relevance_layer + 1}, or a fraction of the depth in (0, 1])"
+                )
+        elif not isinstance(layer, float) or not 0.0 < layer <= 1.0:
+            raise ValueError(
+                "todre: migration_layer must be an int after relevance_layer or a fraction of the depth in (0, 1], "
+                f"got {layer!r}"
             )
 
     # -- stage 1 -----------------------------------------------------------------------------------------
@@ -76,14 +109,23 @@ class ToDRE(Method):
             return Selection(kept_indices=torch.arange(k, device=ctx.features.device), scores=scores)
         features = ctx.vision_features if self.feature_space == "vision" else ctx.features
         pivot = int(torch.argmax(scores))
-        kept = k_center(features, k, first=pivot)
+        if self.diversity == "max_sum":
+            kept = max_sum_diversification(features, k, first=pivot)
+        else:
+            kept = k_center(features, k, first=pivot)
         return Selection(kept_indices=kept.to(ctx.features.device), scores=scores)
 
-    # -- stage 2 -----------------------------------------------------------------------------------------
+    # -- stage 2 (schedule: our assumption, see the module docstring) ------------------------------------
     def resolved_migration_layer(self, num_layers: int) -> int | None:
         layer = self.migration_layer
-        if isinstance(layer, float):
-            layer = round(layer * num_layers)
+        if _is_int(layer):
+            if layer >= num_layers:
+                raise ValueError(
+                    f"todre: migration_layer {layer} must lie before the last of this language model's "
+                    f"{num_layers} layers (at most {num_layers - 1}); pass a fraction of the depth to scale with it"
+                )
+            return layer
+        layer = round(layer * num_layers)
         return layer if self.relevance_layer < layer < num_layers else None
 
     def prune_layers(self, num_layers: int) -> list[int]:
@@ -102,5 +144,8 @@ class ToDRE(Method):
                     keep[row, ctx.image_columns(row, image)] = True
             return keep
         return keep_top_attended(
-            ctx, lambda image, n: n if self._full_budget(ctx, image) else max(1, math.ceil(self.relevance_keep * n))
+            ctx,
+            lambda image, n: (
+                n if self._full_budget(ctx, image) else max(1, math.ceil(self.relevance_keep * n))
+            ),
         )
