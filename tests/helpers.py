@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
 from vlm_compress.zoo.synthetic import word_tokenizer  # noqa: F401  (re-exported for the tests)
@@ -62,3 +65,102 @@ def expand_images(input_ids: torch.Tensor, image_token_id: int, tokens_per_image
     for token in input_ids[0].tolist():
         out += [token] * (tokens_per_image if token == image_token_id else 1)
     return torch.tensor([out])
+
+
+# --- exact duplicates and the papers' plain greedy loops --------------------------------------------------
+
+
+def duplicate_rows(
+    *dims: int, distinct: int = 64, repeat: int = 9, padded: int = 40, pad: str = "zeros", seed: int = 0
+) -> list[torch.Tensor]:
+    """Token features full of exact duplicates, one ``[N, D]`` tensor per ``D`` in ``dims``.
+
+    ``distinct`` random rows, each repeated ``repeat`` times at shuffled positions, with a block of ``padded``
+    equal rows (``pad="zeros"`` or ``"constant"``, one random row) in the middle; every tensor has its
+    duplicates at the same positions. ``N = distinct * repeat + padded``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(distinct * repeat, generator=g)
+    middle = distinct * repeat // 2
+    out = []
+    for dim in dims:
+        rows = torch.randn(distinct, dim, generator=g).repeat(repeat, 1)[order]
+        pad_row = torch.zeros(1, dim) if pad == "zeros" else torch.randn(1, dim, generator=g)
+        out.append(torch.cat([rows[:middle], pad_row.expand(padded, dim), rows[middle:]]))
+    return out
+
+
+@functools.cache
+def _unit(row: tuple[float, ...]) -> tuple[float, ...]:
+    norm = math.sqrt(sum(v * v for v in row))
+    return tuple(v / norm for v in row) if norm else row
+
+
+def _cosine(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    return sum(p * q for p, q in zip(_unit(a), _unit(b)))
+
+
+def plain_k_center(features: torch.Tensor, k: int, first: int) -> list[int]:
+    """ToDRE's farthest-point loop in plain Python floats: ``[N, D]`` -> ``k`` indices in selection order.
+
+    ``d(x, y) = 0`` for equal rows, else ``1 - cos(x, y)`` (a zero row has cosine 0 with any other row); each
+    step takes the first untaken token with the largest distance to its nearest centre.
+    """
+    rows = [tuple(row) for row in features.double().tolist()]
+    values = {row: index for index, row in enumerate(dict.fromkeys(rows))}
+    ids = [values[row] for row in rows]  # the same id for equal rows: distances computed once per pair
+    distinct = list(values)
+    distance = functools.cache(lambda a, b: 0.0 if a == b else 1.0 - _cosine(distinct[a], distinct[b]))
+    chosen, taken = [first], {first}
+    nearest = [math.inf] * len(rows)
+    while len(chosen) < k:
+        centre = ids[chosen[-1]]
+        nearest = [min(d, distance(i, centre)) for d, i in zip(nearest, ids)]
+        best = None
+        for i, d in enumerate(nearest):
+            if i not in taken and (best is None or d > nearest[best]):
+                best = i
+        chosen.append(best)
+        taken.add(best)
+    return chosen
+
+
+def plain_mmtok_coverage(
+    text: torch.Tensor,
+    vision: torch.Tensor,
+    vision_clip: torch.Tensor,
+    k: int,
+    *,
+    alpha: float = 0.5,
+    tv_temperature: float = 0.02,
+    vv_temperature: float = 0.2,
+) -> list[int]:
+    """MMTok's greedy coverage in plain Python floats: ``k`` indices in selection order, the first best gain."""
+
+    def softmax(values: list[float], temperature: float) -> list[float]:
+        top = max(values)
+        weights = [math.exp((v - top) / temperature) for v in values]
+        total = sum(weights)
+        return [w / total for w in weights]
+
+    texts, visions, clips = ([tuple(r) for r in t.double().tolist()] for t in (text, vision, vision_clip))
+    m, n = len(texts), len(visions)
+    matrix = [[p / m for p in softmax([_cosine(t, v) for v in visions], tv_temperature)] for t in texts]
+    matrix += [
+        [alpha * q / n for q in softmax([_cosine(a, b) for b in clips], vv_temperature)] for a in clips
+    ]
+    covered = [0.0] * len(matrix)
+    chosen: list[int] = []
+    taken: set[int] = set()
+    while len(chosen) < k:
+        best, best_gain = None, -math.inf
+        for j in range(n):
+            if j in taken:
+                continue
+            gain = sum(max(0.0, row[j] - c) for row, c in zip(matrix, covered))
+            if gain > best_gain:
+                best, best_gain = j, gain
+        chosen.append(best)
+        taken.add(best)
+        covered = [max(c, row[best]) for row, c in zip(matrix, covered)]
+    return chosen

@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from vlm_compress.functional import coverage_matrix, greedy_coverage, k_center, mmtok_coverage
+from vlm_compress.functional import coverage_matrix, greedy_coverage, k_center, mmtok_coverage, topk_indices
+
+from .helpers import duplicate_rows, plain_k_center, plain_mmtok_coverage
 
 
 def brute_k_center(x: torch.Tensor, k: int, first: int) -> list[int]:
@@ -131,3 +133,36 @@ def test_mmtok_coverage_rejects_bad_input():
         mmtok_coverage(text, vision, clip, 0)
     with pytest.raises(ValueError, match="NaN"):
         mmtok_coverage(text, vision * float("nan"), clip, 2)
+
+
+# --- exact duplicates: every tie goes to the lowest index, as in the plain loops -----------------------
+
+
+@pytest.mark.parametrize("pad", ["zeros", "constant"])
+def test_k_center_on_exact_duplicates_is_the_plain_loop(pad):
+    # 64 rows x 9 copies + 40 padded rows: past step 65 every distance is 0 and only the tie rule decides
+    (features,) = duplicate_rows(100, pad=pad)
+    n = features.shape[0]
+    for first in (0, 300, n - 1):
+        assert k_center(features, n, first=first).tolist() == plain_k_center(features, n, first)
+    batch = torch.stack([features, duplicate_rows(100, pad=pad, seed=1)[0]])
+    picks = k_center(batch.bfloat16(), 200, first=torch.tensor([5, 290]))
+    assert picks.tolist() == [plain_k_center(row.bfloat16(), 200, f) for row, f in zip(batch, (5, 290))]
+
+
+@pytest.mark.parametrize("pad", ["zeros", "constant"])
+def test_mmtok_coverage_on_exact_duplicates_is_the_plain_loop(pad):
+    vision, clip, text = duplicate_rows(48, 32, 48, distinct=24, padded=20, pad=pad, seed=2)
+    text = text[:: text.shape[0] // 6]  # a few question tokens, some of them duplicates too
+    k = 60  # past 25 distinct columns
+    expected = plain_mmtok_coverage(text, vision, clip, k)
+    assert greedy_coverage(coverage_matrix(text, vision, clip), k).tolist() == expected
+    assert mmtok_coverage(text, vision, clip, k).tolist() == sorted(expected)
+
+
+def test_topk_indices_on_exact_duplicates_is_a_stable_sort():
+    scores = torch.randint(0, 7, (2000,), generator=torch.Generator().manual_seed(3)).float()
+    scores[100:900] = 6.0  # a padded block of equal top scores
+    plain = sorted(range(2000), key=lambda i: (-float(scores[i]), i))
+    for k in (1, 500, 1200, 2000):
+        assert topk_indices(scores, k).tolist() == plain[:k]

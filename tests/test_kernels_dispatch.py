@@ -150,6 +150,16 @@ def test_greedy_coverage_by_hand():
         kernels.greedy_coverage(matrix, 4, exclude=mask)
 
 
+def test_argmax_returns_the_first_maximum():
+    # every greedy step relies on it; torch.topk gives no order among ties (on CPU it returned 105, 103, 104,
+    # ... for a block of equal scores from 100), hence the stable sort in functional.topk_indices
+    g = torch.Generator().manual_seed(0)
+    for n in (7, 64, 1000, 100_003):
+        values = torch.randint(0, 3, (4, n), generator=g).float()
+        values[values == 0] = -float("inf")
+        assert values.argmax(dim=1).tolist() == [int((row == row.max()).nonzero()[0]) for row in values]
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_lazy_greedy_gives_exactly_the_readable_picks(seed):
     g = torch.Generator().manual_seed(seed)

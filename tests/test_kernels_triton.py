@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="triton is not installed (pip install 'vlm-compress[triton]')")
 
 from vlm_compress import kernels  # noqa: E402
+from vlm_compress.functional import coverage_matrix, greedy_coverage  # noqa: E402
 from vlm_compress.kernels import _dispatch  # noqa: E402
 from vlm_compress.kernels.coverage_gain import reference as coverage_reference  # noqa: E402
 from vlm_compress.kernels.coverage_gain import triton as coverage_triton  # noqa: E402
@@ -27,6 +28,8 @@ from vlm_compress.kernels.k_center import reference as k_center_reference  # noq
 from vlm_compress.kernels.k_center import triton as k_center_triton  # noqa: E402
 from vlm_compress.kernels.pairwise_similarity import reference as similarity_reference  # noqa: E402
 from vlm_compress.kernels.pairwise_similarity import triton as similarity_triton  # noqa: E402
+
+from .helpers import duplicate_rows, plain_k_center, plain_mmtok_coverage  # noqa: E402
 
 pytestmark = pytest.mark.triton
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -129,6 +132,24 @@ def test_k_center_tie_rule_on_duplicates():
     assert out[0].tolist() == [3, 0, 1, 2, 4, 5, 6, 7, 8, 9]
 
 
+@pytest.mark.parametrize(
+    ("pad", "dtype", "gpu_tiles"),
+    [(pad, dtype, False) for pad in ("zeros", "constant") for dtype in ("fp32", "bf16")]
+    + [("constant", "fp32", True)],
+)
+def test_k_center_on_exact_duplicates_is_the_plain_loop(pad, dtype, gpu_tiles, monkeypatch):
+    # 64 rows x 9 copies + 40 padded rows, two batch rows: past step 65 only the tie rule decides; copies sit
+    # in different similarity tiles, with the interpreter's tile sizes and the GPU's
+    monkeypatch.setattr(similarity_triton, "interpreted", lambda: not gpu_tiles)
+    rows = [duplicate_rows(100, pad=pad, seed=seed)[0].to(DTYPES[dtype]) for seed in (0, 1)]
+    features = torch.stack(rows).to(DEVICE)
+    n = features.shape[1]
+    first = torch.tensor([300, n - 1], device=DEVICE)
+    out = k_center_triton.k_center(features, n, first)
+    assert out.tolist() == [plain_k_center(row, n, int(f)) for row, f in zip(rows, first)]
+    assert torch.equal(out, k_center_reference.k_center(features, n, first))
+
+
 def test_k_center_through_the_dispatcher():
     kernels.set_backend("triton")
     features = randn(50, 24, seed=7)
@@ -181,6 +202,17 @@ def test_greedy_coverage_tie_rule_and_gpu_tiles(monkeypatch):
     blocked[1, 3] = True
     out = coverage_triton.greedy_coverage(cand, 20, blocked)
     assert torch.equal(out, coverage_reference.greedy_coverage(cand, 20, blocked))
+
+
+@pytest.mark.parametrize("pad", ["zeros", "constant"])
+def test_mmtok_coverage_on_exact_duplicates_is_the_plain_loop(pad):
+    kernels.set_backend("triton")
+    vision, clip, text = duplicate_rows(48, 32, 48, distinct=24, padded=20, pad=pad, seed=2)
+    text = text[:: text.shape[0] // 6]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        picks = greedy_coverage(coverage_matrix(*(t.to(DEVICE) for t in (text, vision, clip))), 60)
+    assert picks.tolist() == plain_mmtok_coverage(text, vision, clip, 60)
 
 
 def test_greedy_coverage_through_the_dispatcher():

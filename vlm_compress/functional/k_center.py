@@ -33,6 +33,8 @@ def k_center(features: torch.Tensor, k: int, *, first: int | torch.Tensor) -> to
     Returns:
         ``LongTensor[k]`` (or ``[B, k]``) of indices **in selection order**. Ties go to the lowest index and
         a selected token is never selected again, even when duplicates make every remaining distance 0.
+        Exact duplicates are at distance exactly 0 (zero rows too; a zero row is at distance 1 from any
+        other row), so they tie exactly, as in the paper's loop.
     """
     _check(features, k)
     single = features.dim() == 2

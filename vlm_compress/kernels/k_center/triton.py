@@ -1,7 +1,9 @@
 """The whole greedy k-center selection in one launch, one program per batch row.
 
 The running minimum distance of every token to the selected set lives in registers; each step reads one row
-of the similarity matrix (from the pairwise-similarity kernel), folds it in, and takes the arg-max.
+of the similarity matrix (from the pairwise-similarity kernel), folds it in, and takes the arg-max. The
+distance is the reference's (``s_cc - s_ic``: exactly 0 for duplicates of the centre), so both break ties
+between exact duplicates the same way, to the lowest index.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def _k_center_kernel(
     offs = tl.arange(0, BLOCK_N)
     valid = offs < N
     sim_rows = sim_ptr + batch * stride_sb
+    # zero rows have similarity 0 with everything, themselves included
+    zero = tl.load(sim_rows + offs * stride_sn + offs, mask=valid, other=1.0) == 0.0
     min_dist = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)
     # padding lanes count as taken, so they never win
     taken = offs >= N
@@ -36,7 +40,11 @@ def _k_center_kernel(
         tl.store(out_ptr + batch * K + step, centre)
         taken = taken | (offs == centre)
         row = tl.load(sim_rows + centre * stride_sn + offs, mask=valid, other=0.0)
-        min_dist = tl.minimum(min_dist, 1.0 - row)
+        # as the reference: s_cc - s_ic is exactly 0 for copies of the centre, where 1 - s_ic is not
+        self_similarity = tl.load(sim_rows + centre * stride_sn + centre)
+        distance = tl.maximum(self_similarity - row, 0.0)
+        distance = tl.where(self_similarity == 0.0, tl.where(zero, 0.0, 1.0), distance)
+        min_dist = tl.minimum(min_dist, distance)
         candidates = tl.where(taken, float("-inf"), min_dist)
         # the first maximum: ties go to the lowest index, as torch.argmax
         centre = tl.argmax(candidates, axis=0, tie_break_left=True).to(tl.int64)
