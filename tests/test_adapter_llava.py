@@ -42,11 +42,13 @@ def test_several_images_per_prompt_and_batch(model):
     ]
 
 
-def test_compressed_forward_equals_the_model_fed_the_short_sequence(model):
-    """Reference: call the unpatched model with the kept tokens and their original positions by hand."""
+@pytest.mark.parametrize("position_ids", ["original", None])
+def test_compressed_forward_equals_the_model_fed_the_short_sequence(model, position_ids):
+    """Reference: call the unpatched model with the kept tokens and their positions by hand (the original ones,
+    or ``0..L'-1``: cls_attention's default on LLaVA, as FasterVLM's official code does)."""
     inputs = tiny_inputs(model, [1], seed=3, text_lengths=[5])
     ids, pixel_values = inputs["input_ids"], inputs["pixel_values"]
-    with vlmc.compress(model, "cls_attention", budget=20) as run:
+    with vlmc.compress(model, "cls_attention", budget=20, position_ids=position_ids) as run:
         patched = model(input_ids=ids, pixel_values=pixel_values).logits
     kept = torch.tensor(run.report.images[0].kept_indices)
     image_columns = torch.nonzero(ids[0] == 999).flatten()
@@ -61,9 +63,10 @@ def test_compressed_forward_equals_the_model_fed_the_short_sequence(model):
     reference = model(
         input_ids=ids[:, columns],
         attention_mask=torch.ones(1, columns.numel(), dtype=torch.long),
-        position_ids=columns[None],
+        position_ids=columns[None] if position_ids == "original" else torch.arange(columns.numel())[None],
         mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=[features])},
     ).logits
+    assert run.position_ids == (position_ids or "contiguous")
     assert torch.equal(patched, reference)
 
 
@@ -247,3 +250,22 @@ def test_original_image_sizes_give_the_padding_mask_and_are_not_passed_to_the_to
     expected = torch.zeros(12, 12, dtype=torch.bool)
     expected[:, :3] = expected[:, 9:] = True
     assert torch.equal(masks[0], expected.flatten()) and not masks[1].any()
+
+
+def test_cls_attention_is_fastervlms_score():
+    """FasterVLM (Theia-4869/FasterVLM, ``clip_encoder.py``): ``attentions[select_layer][:, :, 0, 1:]``, head mean."""
+    model = build_tiny("llava", seed=8, attn_implementation="eager")
+    inputs = tiny_inputs(model, [1], seed=4)
+    seen = []
+
+    class Spy(Uniform):
+        def select(self, ctx):
+            seen.append(ctx.cls_attention)
+            return super().select(ctx)
+
+    with torch.no_grad():
+        with vlmc.compress(model, Spy(budget=8)):
+            model(**inputs)
+        attentions = model.model.vision_tower(inputs["pixel_values"], output_attentions=True).attentions
+    official = attentions[model.config.vision_feature_layer][:, :, 0, 1:].mean(dim=1)
+    torch.testing.assert_close(seen[0], official[0], atol=1e-6, rtol=1e-5)

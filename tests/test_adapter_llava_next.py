@@ -138,10 +138,12 @@ def test_newline_kept_once_per_grid_row_that_keeps_a_token(model):
     assert probe.calls[0].shape[1] == inputs["input_ids"].shape[1] - int(image.sum()) + block.shape[0]
 
 
-def test_compressed_forward_equals_the_model_fed_the_short_sequence(model):
+@pytest.mark.parametrize("position_ids", ["original", None])
+def test_compressed_forward_equals_the_model_fed_the_short_sequence(model, position_ids):
+    """Reference by hand, with the original positions or ``0..L'-1`` (GlobalCom²'s default, as its official code)."""
     inputs = tiny_inputs(model, [1], seed=1, text_lengths=[4])
     ids = inputs["input_ids"]
-    with vlmc.compress(model, "globalcom2", retention_ratio=0.25) as run:
+    with vlmc.compress(model, "globalcom2", retention_ratio=0.25, position_ids=position_ids) as run:
         patched = model(**inputs).logits
     kept = torch.tensor(run.report.images[0].kept_indices)
     layout = anyres_layout(inputs["image_sizes"][0], model.config.image_grid_pinpoints, 32, 4)
@@ -159,9 +161,10 @@ def test_compressed_forward_equals_the_model_fed_the_short_sequence(model):
     reference = model(
         input_ids=ids[:, columns],
         attention_mask=torch.ones(1, columns.numel(), dtype=torch.long),
-        position_ids=columns[None],
+        position_ids=columns[None] if position_ids == "original" else torch.arange(columns.numel())[None],
         mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=[packed[block]])},
     ).logits
+    assert run.position_ids == (position_ids or "contiguous")
     assert torch.equal(patched, reference)
 
 

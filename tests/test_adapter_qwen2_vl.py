@@ -114,3 +114,14 @@ def test_patch_features_are_the_merged_tokens_patches(qwen):
     for vision, patches in seen:
         assert patches.shape == (vision.shape[0], 4, embed_dim)
         assert torch.equal(patches.reshape(vision.shape[0], -1), vision)
+
+
+@pytest.mark.parametrize("method", ["mmtok", "globalcom2", "cls_attention"])
+def test_methods_that_renumber_on_llava_keep_the_original_m_rope_ids_on_qwen(qwen, method):
+    # official MMTok Qwen2.5-VL gathers the full input's M-RoPE ids onto the kept columns (docs/fidelity.md)
+    model, inputs = qwen
+    with vlmc.compress(model, method, budget=4) as run:
+        model(**inputs)
+    model_type = model.config.model_type
+    assert run.report.position_ids == "original"
+    assert run.report.position_ids_source == f"{method}'s default on {model_type}"

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vlm_compress as vlmc
+from vlm_compress.patching import active_handle
 from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
 
 from .helpers import hook_state
@@ -136,3 +137,101 @@ def test_report_records_images_and_calls(model):
     assert "uniform" in str(report)
     as_dict = report.to_dict()
     assert as_dict["images"][0]["tokens_after"] == 16 and as_dict["calls"][0]["kind"] == "forward"
+
+
+# -- position ids: each method's official default, the caller's override, the report -------------------------
+
+#: method -> model_type -> the position ids its official code gives the shortened sequence (docs/fidelity.md)
+OFFICIAL_POSITION_IDS = {
+    "random": dict.fromkeys(("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"), "original"),
+    "uniform": dict.fromkeys(("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"), "original"),
+    "pool": dict.fromkeys(("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"), "original"),
+    "tome": dict.fromkeys(("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"), "original"),
+    "todre": dict.fromkeys(("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"), "original"),
+    "tap": dict.fromkeys(("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"), "original"),
+    "fastv": dict.fromkeys(("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"), "original"),
+    "cls_attention": {
+        "llava": "contiguous",
+        "llava_next": "contiguous",
+        "qwen2_vl": "original",
+        "qwen2_5_vl": "original",
+    },
+    "mmtok": {
+        "llava": "contiguous",
+        "llava_next": "contiguous",
+        "qwen2_vl": "original",
+        "qwen2_5_vl": "original",
+    },
+    "globalcom2": {
+        "llava": "contiguous",
+        "llava_next": "contiguous",
+        "qwen2_vl": "original",
+        "qwen2_5_vl": "original",
+    },
+}
+
+
+def lm_position_ids(model, inputs, **compress_kwargs):
+    """``(position ids the language model received, the handle)`` for one patched forward."""
+    seen = []
+    probe = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["position_ids"].clone()), with_kwargs=True
+    )
+    try:
+        with vlmc.compress(model, **compress_kwargs) as run:
+            model(**inputs)
+    finally:
+        probe.remove()
+    return seen[0], run
+
+
+def test_every_method_has_an_official_position_default():
+    assert set(OFFICIAL_POSITION_IDS) == set(vlmc.list_methods())
+    for name, expected in OFFICIAL_POSITION_IDS.items():
+        cls = vlmc.registry.method_class(name)
+        assert {model_type: cls.position_ids_for(model_type) for model_type in expected} == expected, name
+        assert cls.position_ids_for("some_future_model") == "original", name
+
+
+@pytest.mark.parametrize("method", ["mmtok", "globalcom2", "cls_attention", "uniform", "tome"])
+def test_the_method_default_is_used_and_reported(model, method):
+    inputs = tiny_inputs(model, [1], seed=12)
+    positions, run = lm_position_ids(model, inputs, method=method, budget=16)
+    expected = OFFICIAL_POSITION_IDS[method]["llava"]
+    assert run.position_ids == run.report.position_ids == expected
+    assert run.report.position_ids_source == f"{method}'s default on llava"
+    assert run.report.to_dict()["position_ids"] == expected
+    assert f"position ids: {expected} ({method}'s default on llava)" in str(run.report)
+    if expected == "contiguous":
+        assert torch.equal(positions[0], torch.arange(positions.shape[1]))
+    else:
+        assert bool((positions.diff(dim=-1) > 1).any())
+
+
+@pytest.mark.parametrize(("method", "override"), [("mmtok", "original"), ("uniform", "contiguous")])
+def test_an_explicit_position_ids_overrides_the_default(model, method, override):
+    inputs = tiny_inputs(model, [1], seed=12)
+    positions, run = lm_position_ids(model, inputs, method=method, budget=16, position_ids=override)
+    assert run.position_ids == run.report.position_ids == override
+    assert run.report.position_ids_source == "position_ids argument"
+    gaps = bool((positions.diff(dim=-1) > 1).any())
+    assert gaps == (override == "original")
+
+
+@pytest.mark.parametrize("value", ["shifted", "", 0, ["original"]])
+def test_an_invalid_position_ids_lists_the_valid_ones(model, value):
+    with pytest.raises(
+        ValueError, match=r"must be one of 'original', 'contiguous' or None \(the method's default"
+    ):
+        vlmc.compress(model, "mmtok", budget=8, position_ids=value)
+    assert active_handle(model) is None
+
+
+@pytest.mark.parametrize("position_ids", [None, "original", "contiguous"])
+def test_full_budget_is_exact_under_every_position_policy(model, position_ids):
+    inputs = tiny_inputs(model, [2, 1, 0], padding_side="left", seed=5)
+    reference = model(**inputs).logits
+    for name in vlmc.list_methods():
+        with vlmc.compress(model, name, budget=1.0, position_ids=position_ids) as run:
+            logits = model(**inputs).logits
+        assert torch.equal(logits, reference), (name, run.position_ids)

@@ -43,6 +43,30 @@ def test_run_table_output(tmp_path, capsys):
     assert "method" in out and "speedup" in out and "random" in out and "kept tokens:" in out
 
 
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [
+        ([], {"uniform": "original", "cls_attention": "contiguous"}),
+        (["--position-ids", "original"], {"uniform": "original", "cls_attention": "original"}),
+    ],
+)
+def test_run_reports_the_position_ids_in_effect(tmp_path, capsys, flag, expected):
+    args = ["run", "--model", "tiny", "--method", "uniform", "--method", "cls_attention", "--budget", "16"]
+    args += ["--repeats", "1", "--max-new-tokens", "1", "--out", str(tmp_path)]
+    assert main([*args, "--json", *flag]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = [row for row in result["rows"] if row["method"] != "full"]
+    assert all(row["error"] is None for row in rows)
+    assert {row["method"]: row["position_ids"] for row in rows} == expected
+    assert result["position_ids"] == (flag[1] if flag else None)
+    assert main([*args, *flag]) == 0
+    table = capsys.readouterr().out
+    assert "position ids" in table
+    for method, policy in expected.items():
+        line = next(line for line in table.splitlines() if line.startswith(method))
+        assert f" {policy} " in line
+
+
 def test_lm_flops_follow_the_positions_of_each_layer():
     from transformers import LlamaConfig
 

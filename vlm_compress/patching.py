@@ -12,11 +12,10 @@ from typing import Any
 
 from torch import nn
 
-from .adapters.base import POSITION_POLICIES
 from .errors import AlreadyPatchedError, UnsupportedModelError
 from .methods.base import Method
 from .registry import adapter_class, get_method
-from .selection import Report
+from .selection import POSITION_POLICIES, Report
 
 _MISSING = object()
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, CompressionHandle] = weakref.WeakKeyDictionary()
@@ -34,7 +33,8 @@ class CompressionHandle:
         model: the patched instance.
         method: the :class:`~vlm_compress.methods.base.Method` that chooses the tokens.
         report: a :class:`~vlm_compress.selection.Report` of every patched call.
-        position_ids: ``"original"`` or ``"contiguous"`` (see :func:`patch`).
+        position_ids: the policy in effect, ``"original"`` or ``"contiguous"`` (see :func:`patch`); also in
+            ``report.position_ids``, with where it came from in ``report.position_ids_source``.
     """
 
     def __init__(
@@ -42,7 +42,7 @@ class CompressionHandle:
         model: nn.Module,
         method: str | Method,
         *,
-        position_ids: str = "original",
+        position_ids: str | None = None,
         processor: Any = None,
         **method_kwargs: Any,
     ):
@@ -62,8 +62,18 @@ class CompressionHandle:
             raise TypeError(
                 f"method must be a registered name or a Method instance, got {type(method).__name__}"
             )
-        if position_ids not in POSITION_POLICIES:
-            raise ValueError(f"position_ids must be one of {POSITION_POLICIES}, got {position_ids!r}")
+        model_type = getattr(model.config, "model_type", None)
+        if position_ids is None:
+            position_ids = method.position_ids_for(model_type)
+            source = f"{method.name}'s default on {model_type}"
+        elif isinstance(position_ids, str) and position_ids in POSITION_POLICIES:
+            source = "position_ids argument"
+        else:
+            valid = ", ".join(repr(policy) for policy in POSITION_POLICIES)
+            raise ValueError(
+                f"position_ids must be one of {valid} or None (the method's default, "
+                f"{method.position_ids_for(model_type)!r} for {method.name} on {model_type}), got {position_ids!r}"
+            )
         if model in _ACTIVE:
             raise AlreadyPatchedError(
                 f"this {type(model).__name__} is already patched by vlm_compress (method "
@@ -75,7 +85,7 @@ class CompressionHandle:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         #: the processor's image processor, when a full processor was given (``None`` for a tokenizer alone)
         self.image_processor = getattr(processor, "image_processor", None)
-        self.report = Report()
+        self.report = Report(position_ids=position_ids, position_ids_source=source)
         self._undo: list[tuple[str, Any]] = []
         self._active = False
         self.adapter = adapter_class(model)(model, self)
@@ -147,7 +157,7 @@ def patch(
     model: nn.Module,
     method: str | Method,
     *,
-    position_ids: str = "original",
+    position_ids: str | None = None,
     processor: Any = None,
     **method_kwargs: Any,
 ) -> CompressionHandle:
@@ -156,8 +166,11 @@ def patch(
     Args:
         model: a supported transformers VLM instance (``vlmc.registry.list_adapters()``).
         method: a registered name (``vlmc.list_methods()``) or a method object.
-        position_ids: ``"original"`` (default): kept tokens keep the position ids they had in the full
-            sequence; ``"contiguous"``: the shortened sequence is renumbered without gaps.
+        position_ids: ``"original"``: kept tokens keep the position ids they had in the full sequence;
+            ``"contiguous"``: the shortened sequence is renumbered without gaps; ``None`` (default): what the
+            method's official code does on this model family (``method.position_ids_for(model_type)``, e.g.
+            ``"contiguous"`` for MMTok on LLaVA, ``"original"`` on Qwen2.5-VL; ``"original"`` for methods without
+            official code). The choice is in ``report.position_ids``.
         processor: optional processor or tokenizer, for methods that read the prompt's text; a full
             processor also tells LLaVA-1.5 whether its images were padded to square (``do_pad``).
         **method_kwargs: the method's hyper-parameters, e.g. ``budget=64`` (tokens per image) or
@@ -173,7 +186,7 @@ def compress(
     model: nn.Module,
     method: str | Method,
     *,
-    position_ids: str = "original",
+    position_ids: str | None = None,
     processor: Any = None,
     **method_kwargs: Any,
 ) -> CompressionHandle:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from .cli import DEFAULT_BUDGET, describe_budget, parse_budget
 from .errors import VlmcError
+from .selection import POSITION_POLICIES
 
 
 @dataclass
@@ -38,6 +39,8 @@ class Row:
     selection_ms: float = 0.0
     lm_flops: float = 1.0
     schedule: str = ""
+    #: the position policy in effect (``report.position_ids``): the method's default for the model or the override
+    position_ids: str = ""
     error: str | None = None
 
 
@@ -102,8 +105,11 @@ def run_job(
     max_new_tokens: int = 8,
     device: str = "cpu",
     progress: bool = True,
+    position_ids: str | None = None,
 ) -> tuple[list[Row], dict[str, Any]]:
     """Answer with the full model and each method; prefill timings interleaved over ``repeats`` rounds.
+
+    ``position_ids``: ``None`` gives every method its own default for the model (see :func:`vlm_compress.patch`).
 
     Returns the table rows and, per method, its report's image records (for the picture).
     """
@@ -122,7 +128,10 @@ def run_job(
         for name in methods:
             row = rows[name] = Row(method=name)
             try:
-                with compress(model, name, budget=budget, processor=processor) as run:
+                with compress(
+                    model, name, budget=budget, processor=processor, position_ids=position_ids
+                ) as run:
+                    row.position_ids = run.position_ids
                     row.answer = _generate(model, processor, inputs, max_new_tokens)
                     run.report.clear()
                     model(**inputs)
@@ -139,7 +148,7 @@ def run_job(
                 if name == "full":
                     times[name].append(_prefill_ms(model, inputs, device))
                 else:
-                    with compress(model, name, budget=budget, processor=processor):
+                    with compress(model, name, budget=budget, processor=processor, position_ids=position_ids):
                         times[name].append(_prefill_ms(model, inputs, device))
                 steps.update()
         steps.close()
@@ -227,8 +236,8 @@ def save_picture(
 def format_table(rows: list[Row]) -> str:
     """The table ``vlmc run`` prints, and a footer that says how far its timings can be trusted."""
     header = (
-        f"{'method':<14} {'answer':<12} {'visual tokens':>13} {'LM positions':<26} {'LM FLOPs':>8} "
-        f"{'prefill ms':>10} {'speedup':>7}"
+        f"{'method':<14} {'answer':<12} {'visual tokens':>13} {'position ids':<12} {'LM positions':<26} "
+        f"{'LM FLOPs':>8} {'prefill ms':>10} {'speedup':>7}"
     )
     lines = [header, "-" * len(header)]
     slower = []
@@ -239,8 +248,9 @@ def format_table(rows: list[Row]) -> str:
         tokens = f"{row.visual_tokens_after}/{row.visual_tokens_before}" if row.method != "full" else "all"
         answer = row.answer if len(row.answer) <= 12 else row.answer[:11] + "…"
         positions = row.schedule or f"{row.lm_positions:.0f}"
+        policy = row.position_ids if row.method != "full" else "-"
         lines.append(
-            f"{row.method:<14} {answer:<12} {tokens:>13} {positions:<26} {100 * row.lm_flops:>7.0f}% "
+            f"{row.method:<14} {answer:<12} {tokens:>13} {policy:<12} {positions:<26} {100 * row.lm_flops:>7.0f}% "
             f"{row.prefill_ms:>10.1f} {row.speedup:>6.2f}x"
         )
         if row.method != "full" and row.speedup < 1.0:
@@ -248,6 +258,8 @@ def format_table(rows: list[Row]) -> str:
     full = next((row for row in rows if row.method == "full"), None)
     lines += [
         "",
+        "position ids: 'original' (kept tokens keep their ids) or 'contiguous' (renumbered 0..L'-1), each method's "
+        "official choice for this model unless --position-ids is given.",
         "LM FLOPs: the language model's prefill multiply-adds relative to full, counted from the positions each of "
         "its layers processes (independent of this machine).",
         "prefill ms / speedup: measured here (medians, interleaved), token selection included.",
@@ -282,6 +294,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds; the median is reported (default: 3)")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--position-ids",
+        choices=POSITION_POLICIES,
+        help="position ids of the shortened sequence for every method (default: each method's official choice)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.set_defaults(func=main)
 
@@ -315,6 +332,7 @@ def main(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         device=args.device,
         progress=not args.json,
+        position_ids=args.position_ids,
     )
     picture = save_picture(Path(args.out) / "kept_tokens.png", image, processor, records, rows, model.config)
     result = {
@@ -323,6 +341,7 @@ def main(args: argparse.Namespace) -> int:
         "question": question,
         "expected": expected,
         "budget": args.budget,
+        "position_ids": args.position_ids,
         "device": args.device,
         "note": note,
         "rows": [asdict(row) for row in rows],

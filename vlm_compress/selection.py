@@ -10,6 +10,8 @@ import torch
 from .errors import InvalidFeaturesError
 
 ORDERS = ("original", "selection", "score")
+#: position ids of the shortened sequence: the full sequence's ids of the kept tokens, or ``0..L'-1`` renumbered
+POSITION_POLICIES = ("original", "contiguous")
 
 
 @dataclass
@@ -166,12 +168,16 @@ class CallRecord:
 class Report:
     """Everything a patched model recorded while the handle was active.
 
-    ``images``: one :class:`ImageRecord` per image and call; ``calls``: one :class:`CallRecord` per call.
+    ``images``: one :class:`ImageRecord` per image and call; ``calls``: one :class:`CallRecord` per call;
+    ``position_ids``: the position policy in effect (``"original"`` or ``"contiguous"``) and
+    ``position_ids_source``: where it came from (the method's default for the model family, or the caller).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, position_ids: str = "original", position_ids_source: str = "") -> None:
         self.images: list[ImageRecord] = []
         self.calls: list[CallRecord] = []
+        self.position_ids = position_ids
+        self.position_ids_source = position_ids_source
 
     def __len__(self) -> int:
         return len(self.images)
@@ -197,6 +203,8 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "position_ids": self.position_ids,
+            "position_ids_source": self.position_ids_source,
             "images": [
                 {
                     "call": r.call,
@@ -224,10 +232,14 @@ class Report:
         }
 
     def __str__(self) -> str:
+        positions = f"position ids: {self.position_ids}" + (
+            f" ({self.position_ids_source})" if self.position_ids_source else ""
+        )
         if not self.images:
-            return "Report: no image was compressed"
+            return f"Report: no image was compressed; {positions}"
         lines = [
-            f"{'call':>4} {'row':>3} {'img':>3}  {'method':<14} {'before':>6} {'after':>6} {'kept %':>6} {'select ms':>9}"
+            positions,
+            f"{'call':>4} {'row':>3} {'img':>3}  {'method':<14} {'before':>6} {'after':>6} {'kept %':>6} {'select ms':>9}",
         ]
         for r in self.images:
             lines.append(

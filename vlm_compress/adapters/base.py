@@ -12,7 +12,8 @@ An adapter knows one model family and nothing about methods. On a call with imag
 4. passes the kept features pre-encoded (``mm_encoder_outputs``) so the vision tower never runs twice.
 
 Kept tokens keep the position ids the unpatched model would have given them (``position_ids="original"``), or
-are renumbered contiguously (``"contiguous"``). When nothing is dropped or reordered the caller's tensors are
+are renumbered contiguously (``"contiguous"``); the handle resolves the policy (the caller's, else the method's
+default for the model family) before the adapter is built. When nothing is dropped or reordered the caller's tensors are
 passed on untouched, so a full budget reproduces the unpatched model exactly.
 """
 
@@ -38,7 +39,6 @@ from .llm_pruning import LanguageModelPruner, PassInfo
 if TYPE_CHECKING:
     from ..patching import CompressionHandle
 
-POSITION_POLICIES = ("original", "contiguous")
 SUPPORTED_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 

@@ -10,8 +10,9 @@ structured methods implement :meth:`Method.select`. Methods that also prune insi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -19,9 +20,12 @@ import torch
 from ..context import LayerContext, VisualContext
 from ..errors import BudgetError
 from ..functional import topk_indices
-from ..selection import ORDERS, Selection
+from ..selection import ORDERS, POSITION_POLICIES, Selection
 
 Budget = int | float | Sequence[int | float]
+#: ``default_position_ids`` of methods whose official code is built on LLaVA's ``prepare_inputs_labels_for_multimodal``,
+#: which numbers the shortened sequence ``0..L'-1``
+CONTIGUOUS_ON_LLAVA = MappingProxyType({"llava": "contiguous", "llava_next": "contiguous"})
 
 
 def _check_budget_value(value: Any, *, where: str) -> None:
@@ -93,6 +97,9 @@ class Method:
     paper: ClassVar[str] = ""
     #: signals of :class:`VisualContext` the method reads (adapters without them raise a clear error early)
     requires: ClassVar[tuple[str, ...]] = ()
+    #: position ids its official code gives the shortened sequence (:data:`POSITION_POLICIES`): one policy, or
+    #: one per ``config.model_type`` (families not listed: ``"original"``); ``"original"`` without official code
+    default_position_ids: ClassVar[str | Mapping[str, str]] = "original"
 
     def __post_init__(self) -> None:
         check_budget(self.budget)
@@ -123,6 +130,18 @@ class Method:
         return ctx.visual
 
     # -- helpers ---------------------------------------------------------------------------------------
+    @classmethod
+    def position_ids_for(cls, model_type: str | None) -> str:
+        """The default position policy on a model of ``config.model_type`` ``model_type``."""
+        default = cls.default_position_ids
+        policy = default if isinstance(default, str) else default.get(model_type, "original")
+        if policy not in POSITION_POLICIES:
+            raise ValueError(
+                f"{cls.name}: default_position_ids for {model_type!r} must be one of {POSITION_POLICIES}, "
+                f"got {policy!r}"
+            )
+        return policy
+
     def num_to_keep(self, ctx: VisualContext) -> int:
         return resolve_budget(self.budget, ctx.num_tokens, ctx.image_index)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..context import VisualContext
-from .base import Method
+from .base import CONTIGUOUS_ON_LLAVA, Method
 
 
 @dataclass
@@ -19,6 +19,9 @@ class ClsAttention(Method):
     description = "top-k by the vision encoder's [CLS] attention at the feature layer (FasterVLM/VisionZip)"
     paper = "https://arxiv.org/abs/2412.01818"
     requires = ("cls_attention",)
+    #: FasterVLM's official code (Theia-4869/FasterVLM, ``llava/model/llava_arch.py``) numbers the shortened
+    #: sequence ``0..L'-1``; it has no Qwen code
+    default_position_ids = CONTIGUOUS_ON_LLAVA
 
     def score(self, ctx: VisualContext) -> torch.Tensor:
         return ctx.cls_attention

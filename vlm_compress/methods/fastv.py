@@ -47,6 +47,9 @@ class FastV(Method):
     name = "fastv"
     description = "in-LLM baseline: after layer K keep the visual tokens the last token attends to most (FastV)"
     paper = "https://arxiv.org/abs/2403.06764"
+    #: official code (pkunlp-icler/FastV, its llava-hf ``modeling_llama.py``): ``position_ids = keep_indexs``,
+    #: the kept columns' original ids (the in-LLM pruner always keeps those; the input is not shortened)
+    default_position_ids = "original"
 
     def __post_init__(self) -> None:
         super().__post_init__()

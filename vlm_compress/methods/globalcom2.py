@@ -20,7 +20,7 @@ from ..functional.globalcom2 import (
     thumbnail_prior_per_crop,
 )
 from ..selection import ORDERS, Selection
-from .base import Budget, Method, check_budget, resolve_budget
+from .base import CONTIGUOUS_ON_LLAVA, Budget, Method, check_budget, resolve_budget
 
 
 @dataclass
@@ -67,6 +67,9 @@ class GlobalCom2(Method):
     paper = "https://arxiv.org/abs/2501.05179"
     #: the least it needs (the thumbnail rule); AnyRes images read ``cls_attention_logits`` of every region
     requires = ("cls_attention",)
+    #: official code (xuyang-liu16/GlobalCom2, ``llava/model/llava_arch.py``): the shortened sequence is numbered
+    #: ``0..L'-1``; it has no Qwen code
+    default_position_ids = CONTIGUOUS_ON_LLAVA
 
     def __post_init__(self) -> None:
         if self.budget is not None:

@@ -14,7 +14,7 @@ import torch
 from ..context import VisualContext
 from ..functional import mmtok_coverage
 from ..selection import Selection
-from .base import Method
+from .base import CONTIGUOUS_ON_LLAVA, Method
 
 #: benchmark prompt suffixes the official text processor removes before extracting keywords
 PROMPT_SUFFIXES = (
@@ -118,6 +118,10 @@ class MMTok(Method):
     description = "multimodal coverage maximisation: cover the question's keywords and the image (MMTok)"
     paper = "https://arxiv.org/abs/2508.18264"
     requires = ("vision_features", "text_embeds")
+    #: official code (Thames-H/26nips-mmtok): LLaVA renumbers the shortened sequence ``0..L'-1``
+    #: (``mmtok/llava/llava_arch_mmtok.py``); Qwen2.5-VL gathers the full input's M-RoPE ids onto the kept
+    #: columns (``mmtok/qwen/qwen2_5_VLmodel_mmtok.py``); Qwen2-VL, without official code, does the same
+    default_position_ids = {**CONTIGUOUS_ON_LLAVA, "qwen2_vl": "original", "qwen2_5_vl": "original"}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -20,6 +20,8 @@ class Pool(Method):
 
     name = "pool"
     description = "2-D average pooling of the token grid to the budget (merges tokens)"
+    #: a baseline without official code: the library default
+    default_position_ids = "original"
 
     def select(self, ctx: VisualContext) -> Selection:
         k = self.num_to_keep(ctx)

@@ -23,6 +23,8 @@ class RandomSelection(Method):
 
     name = "random"
     description = "uniformly random tokens (seeded); the floor every method must beat"
+    #: a baseline without official code: the library default
+    default_position_ids = "original"
 
     def select(self, ctx: VisualContext) -> Selection:
         generator = torch.Generator().manual_seed(self.seed + ctx.image_index)

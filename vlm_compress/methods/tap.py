@@ -53,6 +53,8 @@ class TAP(Method):
     name: ClassVar[str] = "tap"
     description: ClassVar[str] = "token-aware average pooling into budget regions, finest where detail is"
     paper: ClassVar[str] = "Guo et al., Robustifying Token Attention for Vision Transformers, ICCV 2023"
+    #: our adaptation: the official TAP code (guoyongcs/TAPADL) never shortens a sequence
+    default_position_ids: ClassVar[str] = "original"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -74,6 +74,8 @@ class ToDRE(Method):
     )
     paper = "https://arxiv.org/abs/2505.18757"
     requires = ("cls_attention", "vision_features")
+    #: no official code is public: the library default
+    default_position_ids = "original"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -45,6 +45,8 @@ class ToMe(Method):
     description = "bipartite soft matching that merges similar tokens by size-weighted averaging (ToMe)"
     paper = "https://arxiv.org/abs/2210.09461"
     requires = ("vision_features",)
+    #: no official VLM code (ToMe merges inside a ViT, whose sequence has no position ids to renumber)
+    default_position_ids = "original"
 
     def __post_init__(self) -> None:
         super().__post_init__()

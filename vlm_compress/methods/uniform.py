@@ -17,6 +17,8 @@ class Uniform(Method):
 
     name = "uniform"
     description = "spatially even subsample of the token grid (a regular lattice)"
+    #: a baseline without official code: the library default
+    default_position_ids = "original"
 
     def select(self, ctx: VisualContext) -> Selection:
         kept = uniform_grid_indices(ctx.num_tokens, self.num_to_keep(ctx), ctx.grid)
