@@ -67,6 +67,26 @@ def test_run_reports_the_position_ids_in_effect(tmp_path, capsys, flag, expected
         assert f" {policy} " in line
 
 
+def test_text_guided_methods_run_on_the_tiny_model(tmp_path, capsys):
+    # mmtok embeds the question's words through the processor's tokenizer: the toy processor must answer that call
+    args = ["run", "--model", "tiny", "--method", "mmtok", "--method", "todre", "--budget", "16"]
+    assert main([*args, "--repeats", "1", "--max-new-tokens", "1", "--out", str(tmp_path), "--json"]) == 0
+    rows = {row["method"]: row for row in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows["mmtok"]["error"] is None and rows["mmtok"]["visual_tokens_after"] == 16
+    assert rows["todre"]["error"] is None
+
+
+def test_toy_processor_tokenizes_words_like_a_tokenizer():
+    from vlm_compress.bench.models import load
+
+    _, processor = load("tiny")
+    words = processor.tokenizer(["red", "star"], is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    assert words == processor.tokenizer("red star", add_special_tokens=False)["input_ids"]
+    assert processor.tokenizer("red")["input_ids"][0] == processor.bos_token_id
+    with pytest.raises(ValueError, match="needs text"):
+        processor(images=None)
+
+
 def test_lm_flops_follow_the_positions_of_each_layer():
     from transformers import LlamaConfig
 

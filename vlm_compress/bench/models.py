@@ -62,7 +62,13 @@ class ToyProcessor:
             ids += [3 + (ord(ch) - 32) % 95 for ch in part]
         return ids
 
-    def __call__(self, images: Any = None, text: Any = None, return_tensors: str = "pt", **_: Any) -> dict:
+    def __call__(
+        self, images: Any = None, text: Any = None, return_tensors: str = "pt", **kwargs: Any
+    ) -> dict:
+        if text is None and _is_text(images):  # called as the tokenizer: ``tokenizer(words, ...)``
+            return self._tokenize(images, **kwargs)
+        if text is None:
+            raise ValueError("the toy processor needs text (a prompt with one <image> per image)")
         texts = [text] if isinstance(text, str) else list(text)
         rows = [self._encode_text(t) for t in texts]
         length = max(len(r) for r in rows)
@@ -77,6 +83,19 @@ class ToyProcessor:
             out["pixel_values"] = torch.stack([self.image_processor.to_tensor(im) for im in images])
         return out
 
+    def _tokenize(
+        self, text: Any, *, is_split_into_words: bool = False, add_special_tokens: bool = True, **_: Any
+    ) -> dict:
+        """The tokenizer side: one row of ids per text, or one row for a list of words when
+        ``is_split_into_words`` (words joined by spaces, as a word-level tokenizer would see them)."""
+        if is_split_into_words:
+            text = " ".join(text)
+        rows = [
+            self._encode_text(t)[0 if add_special_tokens else 1 :]
+            for t in ([text] if isinstance(text, str) else text)
+        ]
+        return {"input_ids": rows[0] if isinstance(text, str) else rows}
+
     def decode(self, ids: Any, skip_special_tokens: bool = True, **_: Any) -> str:
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
         special = {self.bos_token_id, self.pad_token_id, 2, self.image_token_id}
@@ -84,6 +103,12 @@ class ToyProcessor:
 
     def batch_decode(self, sequences: Any, **kwargs: Any) -> list[str]:
         return [self.decode(row, **kwargs) for row in sequences]
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value)
+    )
 
 
 class _ToyImageProcessor:
@@ -204,12 +229,25 @@ def _qwen2_vl_7b(layers: int, vision_layers: int):
 
     config = Qwen2VLConfig(
         vision_config=dict(
-            depth=vision_layers, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4, patch_size=14,
-            spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+            depth=vision_layers,
+            embed_dim=1280,
+            hidden_size=3584,
+            num_heads=16,
+            mlp_ratio=4,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
         ),
         text_config=dict(
-            hidden_size=3584, intermediate_size=18944, num_hidden_layers=layers, num_attention_heads=28,
-            num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, pad_token_id=0,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=layers,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            vocab_size=152064,
+            max_position_embeddings=32768,
+            pad_token_id=0,
             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
         ),
         image_token_id=TINY_IMAGE_TOKEN_ID,
