@@ -260,6 +260,20 @@ def test_vlmc_eval_command(checkpoint, pope_dir, tmp_path, capsys):
         vlmc_main(too_big)
 
 
+def test_vlmc_eval_position_ids_is_part_of_the_run(checkpoint, pope_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["eval", "--task", "pope", "--data-dir", str(pope_dir), "--model", str(checkpoint), "--output-dir",
+            str(out), *shlex.split("--methods uniform --budgets 16 --limit 1 --max-new-tokens 2 --quiet --no-plot")]
+    assert vlmc_main([*argv, "--position-ids", "contiguous"]) == 0
+    identity = json.loads((out / "run.json").read_text())
+    assert identity["method_args"] == {"uniform": {"position_ids": "contiguous"}}
+    # the cached predictions of one policy are not reused for the other
+    with pytest.raises(SystemExit, match="differs in method_args"):
+        vlmc_main([*argv, "--position-ids", "original"])
+    with pytest.raises(SystemExit):
+        vlmc_main([*argv, "--position-ids", "shuffled"])
+
+
 def test_vlmc_eval_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         vlmc_main(["eval", "--budgets", "0", "--methods", "uniform"])

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import DEFAULT_BUDGETS, parse_budget
+from ..selection import POSITION_POLICIES
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,12 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=[],
         metavar="METHOD.NAME=VALUE",
         help="extra hyper-parameter for one method, repeatable (e.g. tome.layer=2)",
+    )
+    parser.add_argument(
+        "--position-ids",
+        choices=POSITION_POLICIES,
+        default=None,
+        help="position ids of the kept tokens for every method (default: each method's own, see docs/fidelity.md)",
     )
     parser.add_argument("--no-full", action="store_true", help="skip the uncompressed reference run")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
@@ -192,6 +199,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     settings = _settings(args)
     method_kwargs = parse_method_args(args.method_arg)
+    from .runner import FULL
+
+    if args.position_ids is not None:  # part of the run identity: a cache of the other policy is not reused
+        for setting in settings:
+            if setting.method != FULL:
+                method_kwargs.setdefault(setting.method, {}).setdefault("position_ids", args.position_ids)
     state = _distributed_state()
     output_dir = Path(args.output_dir or Path("vlmc-eval") / task.name)
     identity = {
