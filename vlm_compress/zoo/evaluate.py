@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 
 import torch
 
 from . import model as zoo_model
 from . import shapes
+
+SWAP_FAMILIES = ("colour", "shape")
 
 
 @torch.no_grad()
@@ -24,6 +27,7 @@ def predict(model, processor, samples: list[shapes.Sample], *, batch_size: int =
             tokenizer, [s.question for s in chunk], num_image_tokens=num_image_tokens
         )
         inputs["pixel_values"] = zoo_model.pixel_values([s.image for s in chunk], image_size)
+        inputs = {name: value.to(model.device) for name, value in inputs.items()}
         output = model.generate(**inputs, **zoo_model.GENERATION_KWARGS)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         answers += [
@@ -52,15 +56,59 @@ def evaluate(
     *,
     method: str | None = None,
     batch_size: int = 25,
+    swap: bool = False,
     **method_kwargs,
 ) -> dict:
     """``{"accuracy": score(...), "predictions": [...]}``; with ``method`` the model runs under
-    ``vlm_compress.compress(model, method, **method_kwargs)``."""
+    ``vlm_compress.compress(model, method, **method_kwargs)``. With ``swap=True`` the result also holds
+    ``"image_swap"``: the % of colour and shape answers that change when the images are swapped
+    (:func:`image_swap`)."""
+    import contextlib
+
+    swapped = swapped_images(samples) if swap else None
     if method is None:
-        predictions = predict(model, processor, samples, batch_size=batch_size)
+        context = contextlib.nullcontext()
     else:
         import vlm_compress as vlmc
 
-        with vlmc.compress(model, method, **method_kwargs):
-            predictions = predict(model, processor, samples, batch_size=batch_size)
-    return {"accuracy": score(samples, predictions), "predictions": predictions}
+        context = vlmc.compress(model, method, **method_kwargs)
+    with context:
+        predictions = predict(model, processor, samples, batch_size=batch_size)
+        swapped_predictions = predict(model, processor, swapped, batch_size=batch_size) if swap else None
+    result = {"accuracy": score(samples, predictions), "predictions": predictions}
+    if swap:
+        result["image_swap"] = image_swap(samples, predictions, swapped_predictions)
+    return result
+
+
+def swapped_images(
+    samples: list[shapes.Sample], families: tuple[str, ...] = SWAP_FAMILIES
+) -> list[shapes.Sample]:
+    """The samples of ``families``, each with the image of the next such sample (the last takes the first's):
+    the same questions about other scenes."""
+    chosen = [sample for sample in samples if sample.family in families]
+    if len(chosen) < 2:
+        raise ValueError(
+            f"the image-swap check needs at least 2 samples of {', '.join(families)}, got {len(chosen)}"
+        )
+    return [
+        dataclasses.replace(
+            sample, image=chosen[(i + 1) % len(chosen)].image, scene=chosen[(i + 1) % len(chosen)].scene
+        )
+        for i, sample in enumerate(chosen)
+    ]
+
+
+def image_swap(
+    samples: list[shapes.Sample],
+    predictions: list[str],
+    swapped_predictions: list[str],
+    families: tuple[str, ...] = SWAP_FAMILIES,
+) -> float:
+    """% of the answers to ``families`` questions that change when each image is swapped for another scene's
+    (``swapped_predictions`` in :func:`swapped_images` order). A model that ignores its image scores 0."""
+    own = [p for sample, p in zip(samples, predictions) if sample.family in families]
+    if len(own) != len(swapped_predictions):
+        raise ValueError(f"got {len(swapped_predictions)} swapped predictions for {len(own)} samples")
+    changed = sum(a != b for a, b in zip(own, swapped_predictions))
+    return round(100.0 * changed / len(own), 1)

@@ -44,14 +44,19 @@ class ModelDims:
     """Sizes of the embedded model; the defaults are the shipped checkpoint's."""
 
     image_size: int = shapes.DEFAULT_IMAGE_SIZE
-    patch_size: int = 8
-    vision_hidden: int = 64
-    vision_layers: int = 2
+    patch_size: int = 16
+    vision_hidden: int = 96
+    vision_layers: int = 3
     vision_heads: int = 4
-    text_hidden: int = 96
-    text_layers: int = 3
+    text_hidden: int = 128
+    text_layers: int = 4
     text_heads: int = 4
-    text_kv_heads: int = 2
+    text_kv_heads: int = 4
+    tie_embeddings: bool = False
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -91,7 +96,8 @@ def build_tokenizer():
 
 
 def build_processor(dims: ModelDims | None = None):
-    """A ``LlavaProcessor`` (``CLIPImageProcessor`` + the word-level tokenizer) giving 576 ``<image>`` tokens."""
+    """A ``LlavaProcessor`` (``CLIPImageProcessor`` + the word-level tokenizer) giving ``dims.num_image_tokens``
+    ``<image>`` tokens (144 for the shipped model)."""
     from transformers import CLIPImageProcessor, LlavaProcessor
 
     dims = dims or ModelDims()
@@ -138,7 +144,7 @@ def build_model(dims: ModelDims | None = None, *, seed: int = 0, vocab_size: int
         pad_token_id=PAD_ID,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
-        tie_word_embeddings=True,
+        tie_word_embeddings=dims.tie_embeddings,
     )
     config = LlavaConfig(
         vision_config=vision,
@@ -180,13 +186,16 @@ def encode_batch(
     questions: Sequence[str],
     answers: Sequence[str] | None = None,
     *,
-    num_image_tokens: int = 576,
+    num_image_tokens: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Token ids of ``questions`` in the chat format, ``<image>`` expanded to ``num_image_tokens``.
+    """Token ids of ``questions`` in the chat format, ``<image>`` expanded to ``num_image_tokens`` (default: the
+    shipped model's 144).
 
     Without ``answers``: left-padded prompts for ``generate``. With ``answers``: right-padded prompt + answer +
     ``</s>`` and ``labels`` that are -100 everywhere except the answer and ``</s>`` (for training).
     """
+    if num_image_tokens is None:
+        num_image_tokens = ModelDims().num_image_tokens
     prefix = [BOS_ID] + tokenizer.convert_tokens_to_ids(["user", ":"]) + [IMAGE_TOKEN_ID] * num_image_tokens
     suffix = tokenizer.convert_tokens_to_ids(["assistant", ":"])
     encoded = tokenizer(list(questions), add_special_tokens=False)["input_ids"]

@@ -43,6 +43,7 @@ import torch
 
 from . import model as zoo_model
 from . import shapes
+from .guided import OBJECT_TARGETS, Guidance, PatchProbe, guided_loss, patch_tokens, readout_loss
 
 logger = logging.getLogger(__name__)
 
@@ -52,44 +53,93 @@ class TrainConfig:
     """Hyper-parameters of a training run (the defaults reproduce the shipped checkpoint)."""
 
     seed: int = 0
-    steps: int = 200
-    vision_steps: int = 0
-    vision_images_per_step: int = 16
-    vision_learning_rate: float = 2e-3
+    steps: int = 5000
+    vision_steps: int = 2500
+    vision_images_per_step: int = 32
+    vision_learning_rate: float = 3e-3
+    freeze_vision: bool = False
     centre_weight: float = 3.0
-    curriculum_steps: int = 0
-    attention_init_scale: float = 1.0
-    attention_supervision: float = 0.0
-    images_per_step: int = 8
+    curriculum_steps: int = 1500
+    attention_init_scale: float = 2.0
+    readout_weight: float = 0.5
+    question_weight: float = 0.5
+    reference_weight: float = 1.0
+    deep_weight: float = 1.0
+    guided_layers: tuple[int, ...] = (1, 2)
+    keep_background: float = 0.25
+    dropout_steps: int = 2500
+    images_per_step: int = 16
     questions_per_image: int = 12
-    learning_rate: float = 3e-3
-    min_learning_rate: float = 2e-4
-    warmup_steps: int = 20
+    learning_rate: float = 2e-3
+    min_learning_rate: float = 1e-4
+    warmup_steps: int = 100
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    eval_every: int = 100
+    eval_every: int = 250
     eval_samples: int = 200
-    checkpoint_every: int = 10
+    checkpoint_every: int = 25
     threads: int = 2
+    device: str = "cpu"
     dims: zoo_model.ModelDims = field(default_factory=zoo_model.ModelDims)
 
     def __post_init__(self):
+        self.guided_layers = tuple(self.guided_layers)
         problems = [
             f"{name} must be {rule}, got {getattr(self, name)}"
             for name, rule, ok in (
                 ("steps", ">= 1", self.steps >= 1),
                 ("vision_steps", ">= 0", self.vision_steps >= 0),
                 ("curriculum_steps", ">= 0", self.curriculum_steps >= 0),
+                (
+                    "dropout_steps",
+                    ">= 0 and < steps (the last steps see every token)",
+                    0 <= self.dropout_steps < self.steps,
+                ),
                 ("attention_init_scale", "> 0", self.attention_init_scale > 0),
-                ("attention_supervision", ">= 0", self.attention_supervision >= 0),
+                ("readout_weight", ">= 0", self.readout_weight >= 0),
+                ("question_weight", ">= 0", self.question_weight >= 0),
+                ("reference_weight", ">= 0", self.reference_weight >= 0),
+                ("deep_weight", ">= 0", self.deep_weight >= 0),
+                ("keep_background", "in (0, 1]", 0 < self.keep_background <= 1),
                 ("images_per_step", ">= 1", self.images_per_step >= 1),
                 ("vision_images_per_step", ">= 1", self.vision_images_per_step >= 1),
                 ("questions_per_image", ">= 1", self.questions_per_image >= 1),
+                ("threads", ">= 1", self.threads >= 1),
+                (
+                    "device",
+                    "cpu, cuda, cuda:N or auto",
+                    self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
+                ),
             )
             if not ok
         ]
         if problems:
             raise ValueError("; ".join(problems))
+
+    def guidance(self, stage_step: int) -> Guidance:
+        """The scaffolding of answering step ``stage_step``: token dropout annealed linearly from
+        ``keep_background`` to all tokens over ``dropout_steps``, then off."""
+        keep = 1.0
+        if stage_step < self.dropout_steps:
+            keep = self.keep_background + (1.0 - self.keep_background) * stage_step / self.dropout_steps
+        return Guidance(
+            readout_weight=self.readout_weight,
+            centre_weight=self.centre_weight,
+            question_weight=self.question_weight,
+            reference_weight=self.reference_weight,
+            guided_layers=self.guided_layers,
+            keep_background=keep,
+            deep_weight=self.deep_weight,
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else the CPU; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(name)
 
 
 def _questions(scene: shapes.Scene, rng: random.Random, count: int) -> list[shapes.QA]:
@@ -128,17 +178,17 @@ def training_batches(
     questions_per_image: int,
     image_size: int,
     curriculum_steps: int = 0,
-    object_patch_size: int | None = None,
+    patch_size: int | None = None,
 ) -> Iterator[tuple]:
     """Batches ``(images, questions per image)`` from step ``start_step`` on; step ``k``'s batch depends only
     on ``(seed, k)``, so a resumed run sees the same data as an uninterrupted one. Scenes hold at most
-    :func:`curriculum_max_objects` objects: simple scenes first, as in curriculum learning. With
-    ``object_patch_size``, batches are ``(images, questions, object_patches)`` (``[B, grid²]`` bool: patches
-    :func:`shapes.patch_targets` puts an object on)."""
+    :func:`curriculum_max_objects` objects: simple scenes first, as in curriculum learning. With ``patch_size``,
+    batches are ``(images, questions, targets)``: name -> ``[B, grid²]`` tensor of :func:`shapes.patch_targets`
+    (with ``owner``)."""
     step = start_step
     while True:
         rng = random.Random(f"shapesvqa-train-step:{seed}:{step}")
-        images, questions, objects = [], [], []
+        images, questions, scenes = [], [], []
         index = 0
         most = curriculum_max_objects(step, curriculum_steps)
         while len(images) < images_per_step:
@@ -149,87 +199,19 @@ def training_batches(
             if qas:
                 images.append(shapes.render_scene(scene))
                 questions.append(qas)
-                if object_patch_size is not None:
-                    objects.append(
-                        torch.from_numpy(shapes.patch_targets(scene, object_patch_size)["shape"] > 0)
-                    )
-        yield (images, questions) if object_patch_size is None else (images, questions, torch.stack(objects))
+                scenes.append(scene)
+        yield (
+            (images, questions)
+            if patch_size is None
+            else (images, questions, stack_targets(scenes, patch_size))
+        )
         step += 1
 
 
-def _prefix_ids(tokenizer, num_images: int, num_image_tokens: int) -> torch.Tensor:
-    prefix = zoo_model.encode_batch(tokenizer, [""], num_image_tokens=num_image_tokens)["input_ids"][0]
-    return prefix[:-2].unsqueeze(0).expand(num_images, -1)  # drop "assistant :"
-
-
-def shared_prefix_loss(
-    model,
-    tokenizer,
-    images,
-    questions: list[list[shapes.QA]],
-    image_size: int,
-    *,
-    object_patches: torch.Tensor | None = None,
-    attention_weight: float = 0.0,
-):
-    """Mean cross-entropy of the answers (and ``</s>``) of every question, sharing each image's prefix.
-
-    With ``attention_weight > 0`` and ``object_patches`` (``[images, grid²]`` bool), adds ``attention_weight``
-    times the attention-supervision loss: for every layer, ``-log`` of the attention that the position predicting
-    the answer puts on the image's object patches, in the head that puts the most there (the other heads stay
-    free to read the question). Needs the eager attention implementation (it reads attention probabilities).
-    """
-    from transformers import DynamicCache
-
-    supervise = attention_weight > 0
-    if supervise and (object_patches is None or model.config._attn_implementation != "eager"):
-        raise ValueError(
-            "attention supervision needs object_patches and a model with attn_implementation='eager' "
-            f"(got {model.config._attn_implementation!r})"
-        )
-
-    config = model.config
-    num_image_tokens = (image_size // config.vision_config.patch_size) ** 2
-    pixel_values = zoo_model.pixel_values(images, image_size)
-    prefix_ids = _prefix_ids(tokenizer, len(images), num_image_tokens)
-    prefix_out = model(input_ids=prefix_ids, pixel_values=pixel_values, use_cache=True)
-    counts = torch.tensor([len(qas) for qas in questions])
-    cache = DynamicCache(config=config.text_config)
-    for layer_idx, layer in enumerate(prefix_out.past_key_values.layers):
-        cache.update(
-            layer.keys.repeat_interleave(counts, dim=0),
-            layer.values.repeat_interleave(counts, dim=0),
-            layer_idx,
-        )
-    flat = [qa for qas in questions for qa in qas]
-    # the question part of each row: "question assistant : answer </s>", right-padded
-    batch = zoo_model.encode_batch(
-        tokenizer, [qa.question for qa in flat], [qa.answer for qa in flat], num_image_tokens=num_image_tokens
-    )
-    cut = prefix_ids.shape[1]
-    input_ids, labels = batch["input_ids"][:, cut:], batch["labels"][:, cut:]
-    attention_mask = torch.cat(
-        [torch.ones(len(flat), cut, dtype=torch.long), batch["attention_mask"][:, cut:]], dim=1
-    )
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        past_key_values=cache,
-        labels=labels,
-        output_attentions=supervise,
-    )
-    if not supervise:
-        return out.loss
-    rows = torch.arange(len(flat))
-    asking = (labels != -100).float().argmax(dim=1) - 1  # the position whose next token is the answer
-    image_start = cut - num_image_tokens
-    on_objects = object_patches.repeat_interleave(counts, dim=0).float()
-    aux = 0.0
-    for attention in out.attentions:  # [rows, heads, suffix, prefix + suffix]
-        on_image = attention[rows, :, asking, image_start:cut]  # [rows, heads, image tokens]
-        best_head = (on_image * on_objects[:, None]).sum(dim=-1).amax(dim=1)
-        aux = aux - torch.log(best_head + 1e-6).mean()
-    return out.loss + attention_weight * aux / len(out.attentions)
+def stack_targets(scenes: list[shapes.Scene], patch_size: int) -> dict[str, torch.Tensor]:
+    """name -> ``[len(scenes), grid²]`` int64 tensor of :func:`shapes.patch_targets` (``owner`` included)."""
+    per_scene = [shapes.patch_targets(scene, patch_size) for scene in scenes]
+    return {name: torch.from_numpy(np.stack([t[name] for t in per_scene])) for name in per_scene[0]}
 
 
 def vision_batches(seed: int, start_step: int, images_per_step: int, image_size: int, patch_size: int):
@@ -246,64 +228,29 @@ def vision_batches(seed: int, start_step: int, images_per_step: int, image_size:
 
 
 def _scene_batch(scenes: list[shapes.Scene], patch_size: int):
-    images = [shapes.render_scene(scene) for scene in scenes]
-    per_scene = [shapes.patch_targets(scene, patch_size) for scene in scenes]
-    targets = {
-        name: torch.from_numpy(np.stack([t[name] for t in per_scene])) for name in shapes.PATCH_TARGETS
-    }
-    return images, targets
-
-
-class PatchProbe(torch.nn.Module):
-    """Linear read-out of every :data:`shapes.PATCH_TARGETS` attribute from the patch tokens LLaVA uses."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.heads = torch.nn.ModuleDict(
-            {name: torch.nn.Linear(hidden_size, classes) for name, classes in shapes.PATCH_TARGETS.items()}
-        )
-
-    def forward(self, patch_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: head(patch_tokens) for name, head in self.heads.items()}
-
-
-def patch_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """``[B, grid², hidden]``: the vision tower's features that the projector receives (CLS dropped)."""
-    config = model.config
-    hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
-    return hidden[config.vision_feature_layer][:, 1:]
+    return [shapes.render_scene(scene) for scene in scenes], stack_targets(scenes, patch_size)
 
 
 def vision_loss(
-    model,
-    probe: PatchProbe,
-    images,
-    targets: dict[str, torch.Tensor],
-    image_size: int,
-    centre_weight: float = 3.0,
+    model, probe: PatchProbe, images, targets: dict[str, torch.Tensor], image_size: int, centre_weight=3.0
 ):
-    """Stage-1 loss: cross-entropy of colour and objectness on every patch, of shape and size on the patches
-    that show an object, and of the (rare) centre flag weighted ``centre_weight`` on positives."""
-    logits = probe(patch_tokens(model, zoo_model.pixel_values(images, image_size)))
-    on_object = targets["shape"] > 0
-    ce = torch.nn.functional.cross_entropy
-    loss = ce(logits["colour"].flatten(0, 1), targets["colour"].flatten())
-    for name in ("shape", "size"):
-        loss = loss + ce(logits[name][on_object], targets[name][on_object])
-    weight = torch.tensor([1.0, centre_weight])
-    return loss + ce(logits["centre"].flatten(0, 1), targets["centre"].flatten(), weight=weight)
+    """Stage-1 loss: :func:`guided.readout_loss` of the probe on the vision tower's patch tokens."""
+    device = next(model.parameters()).device
+    tokens = patch_tokens(model, zoo_model.pixel_values(images, image_size).to(device))
+    return readout_loss(probe, tokens, {k: v.to(device) for k, v in targets.items()}, centre_weight)
 
 
 @torch.no_grad()
 def probe_accuracy(model, probe: PatchProbe, scenes: list[shapes.Scene], image_size: int) -> dict[str, float]:
-    """Stage-1 validation (%): colour, shape and size on object patches; centre-flag recall and precision."""
+    """Read-out validation (%): every object target on object patches; centre-flag recall and precision."""
     patch_size = model.config.vision_config.patch_size
+    device = next(model.parameters()).device
     images, targets = _scene_batch(scenes, patch_size)
-    logits = probe(patch_tokens(model, zoo_model.pixel_values(images, image_size)))
-    guess = {name: value.argmax(-1) for name, value in logits.items()}
-    on_object = targets["shape"] > 0
+    logits = probe(patch_tokens(model, zoo_model.pixel_values(images, image_size).to(device)))
+    guess = {name: value.argmax(-1).cpu() for name, value in logits.items()}
+    on_object = targets["owner"] > 0
     out = {
-        name: (guess[name] == targets[name])[on_object].float().mean() for name in ("colour", "shape", "size")
+        name: (guess[name] == targets[name])[on_object].float().mean() for name in ("colour", *OBJECT_TARGETS)
     }
     centre, flagged = targets["centre"] == 1, guess["centre"] == 1
     out["centre_recall"] = flagged[centre].float().mean()
@@ -355,20 +302,22 @@ def _trainable(model, stage: str, *, freeze_vision: bool = True) -> list[torch.n
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> dict:
-    """Train (stage 1 for ``vision_steps``, then stage 2 for ``steps``), validate every ``eval_every`` steps of
-    each stage, keep the best stage-2 model in ``out_dir/model``; returns the final summary (also written to
-    ``out_dir/summary.json``). Steps are counted across both stages; ``last.pt`` resumes either."""
+    """Train (stage 1 for ``vision_steps``, then the answering stage for ``steps``), validate every ``eval_every``
+    steps of each stage, keep the best answering model in ``out_dir/model``; returns the final summary (also
+    written to ``out_dir/summary.json``). Steps are counted across both stages; ``last.pt`` resumes either."""
     from tqdm.auto import tqdm
 
     torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     processor = zoo_model.build_processor(config.dims)
     tokenizer = processor.tokenizer
     model = zoo_model.build_model(config.dims, seed=config.seed)
     sharpen_attention_init(model, config.attention_init_scale)
-    if config.attention_supervision > 0:
-        model.set_attn_implementation("eager")  # attention supervision reads attention probabilities
+    guides_attention = config.question_weight > 0 or config.reference_weight > 0
+    if guides_attention:
+        model.set_attn_implementation("eager")  # attention guidance reads attention probabilities
     probe = PatchProbe(config.dims.vision_hidden)
     image_size, patch_size = config.dims.image_size, config.dims.patch_size
     total = config.vision_steps + config.steps
@@ -376,17 +325,20 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
     last_path = out_dir / "last.pt"
     state = None
     if resume and last_path.exists():
-        state = torch.load(last_path, weights_only=False)
+        state = torch.load(last_path, weights_only=False, map_location="cpu")
         model.load_state_dict(state["model"])
-        if "probe" in state:  # absent from single-stage runs' checkpoints
+        if "probe" in state:
             probe.load_state_dict(state["probe"])
         start_step, best_accuracy, history = state["step"], state["best_accuracy"], state["history"]
         logger.info("resumed from %s at step %d", last_path, start_step)
+    model.to(device)
+    probe.to(device)
     val = shapes.load_split("val", config.eval_samples, image_size)
     val_scenes = [sample.scene for sample in val[:32]]
     model.train()
-    progress = tqdm(range(start_step, total), initial=start_step, total=total, mininterval=5)
-    running, started, stage, optimizer, batches = None, time.time(), None, None, None
+    progress = tqdm(range(start_step, total), initial=start_step, total=total, mininterval=10)
+    running, started, stage, optimizer, batches, params = None, time.time(), None, None, None, None
+    generator = torch.Generator().manual_seed(config.seed)
     for step in progress:
         wanted = "vision" if step < config.vision_steps else "answers"
         if stage != wanted:
@@ -398,7 +350,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
                     config.seed, step, config.vision_images_per_step, image_size, patch_size
                 )
             else:
-                params = _trainable(model, stage, freeze_vision=config.vision_steps > 0)
+                params = _trainable(
+                    model, stage, freeze_vision=config.freeze_vision and config.vision_steps > 0
+                )
+                if config.readout_weight > 0:
+                    params += list(probe.parameters())
                 peak = config.learning_rate
                 batches = training_batches(
                     config.seed,
@@ -407,12 +363,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
                     config.questions_per_image,
                     image_size,
                     config.curriculum_steps,
-                    patch_size if config.attention_supervision > 0 else None,
+                    patch_size,
                 )
             optimizer = torch.optim.AdamW(
                 params, lr=peak, weight_decay=config.weight_decay, betas=(0.9, 0.98)
             )
-            # checkpoints of single-stage runs carry no "stage": they were answering
             if state is not None and state.get("stage", "answers") == stage:
                 optimizer.load_state_dict(state["optimizer"])
             running = None
@@ -428,28 +383,34 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
                 stage_total,
                 stage_step,
             )
+        parts = {}
         if stage == "vision":
             images, targets = next(batches)
             loss = vision_loss(model, probe, images, targets, image_size, config.centre_weight)
         else:
-            images, questions, *objects = next(batches)
-            loss = shared_prefix_loss(
+            images, questions, targets = next(batches)
+            # the dropout draws of step k depend only on (seed, k), as the data do
+            generator.manual_seed(config.seed * 1_000_003 + step)
+            guidance = config.guidance(stage_step)
+            loss, parts = guided_loss(
                 model,
                 tokenizer,
                 images,
                 questions,
-                image_size,
-                object_patches=objects[0] if objects else None,
-                attention_weight=config.attention_supervision,
+                targets,
+                guidance=guidance,
+                probe=probe,
+                generator=generator,
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
-        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-        progress.set_postfix(
-            loss=f"{running:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}", refresh=False
+        parts["loss"] = loss.item()
+        running = (
+            parts if running is None else {k: 0.95 * running.get(k, v) + 0.05 * v for k, v in parts.items()}
         )
+        progress.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
         done = step + 1
         if (stage_step + 1) % config.eval_every == 0 or stage_step + 1 == stage_total:
             model.eval()
@@ -457,23 +418,26 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
                 accuracy = probe_accuracy(model, probe, val_scenes, image_size)
             else:
                 accuracy = answer_accuracy(model, processor, val)
+                if config.readout_weight > 0:
+                    accuracy["probe"] = probe_accuracy(model, probe, val_scenes, image_size)
             model.train()
-            history.append(
-                {
-                    "step": done,
-                    "stage": stage,
-                    "loss": round(running, 4),
-                    "val": accuracy,
-                    "minutes": round((time.time() - started) / 60, 1),
-                }
+            entry = {
+                "step": done,
+                "stage": stage,
+                "loss": {k: round(v, 4) for k, v in running.items()},
+                "val": accuracy,
+                "minutes": round((time.time() - started) / 60, 1),
+            }
+            history.append(entry)
+            logger.info("step %d (%s) %s", done, stage, json.dumps(entry))
+            progress.write(
+                f"step {done} ({stage}) loss {json.dumps(entry['loss'])} val {json.dumps(accuracy)}"
             )
-            logger.info("step %d (%s) loss %.3f val %s", done, stage, running, json.dumps(accuracy))
-            progress.write(f"step {done} ({stage}) loss {running:.3f} val {json.dumps(accuracy)}")
-            # ties: keep the later, longer-trained model
-            if stage == "answers" and accuracy["overall"] >= best_accuracy:
+            # ties: keep the later, longer-trained model; only models trained on every token are kept
+            full_tokens = stage == "answers" and config.guidance(stage_step).keep_background >= 1.0
+            if full_tokens and accuracy["overall"] >= best_accuracy:
                 best_accuracy = accuracy["overall"]
-                model.save_pretrained(out_dir / "model")
-                processor.save_pretrained(out_dir / "model")
+                _save(model, processor, out_dir / "model")
         if done % config.checkpoint_every == 0 or done == total:
             state_now = {
                 "model": model.state_dict(),
@@ -490,3 +454,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
     summary = {"best_val_accuracy": best_accuracy, "history": history, "config": repr(config)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _save(model, processor, path: Path) -> None:
+    """``save_pretrained`` with the default attention implementation (eager is a training-time choice)."""
+    implementation = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    model.set_attn_implementation(implementation)
