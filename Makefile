@@ -6,8 +6,15 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vlmc-installed
+# timm and open_clip import torchvision, which cannot sit beside the CPU torch 2.13.0 (shared/ENVIRONMENT.md):
+# their tests run in a second venv with the torch/torchvision pair they need.
+VENV_TIMM ?= .venv-timm
+TIMM_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+TIMM_BIN := $(VENV_TIMM)/bin
+TIMM_STAMP := $(VENV_TIMM)/.vlmc-installed
+TIMM_TESTS := tests/test_tap_vit.py
 
-.PHONY: run test lint
+.PHONY: run test test-core test-timm lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +27,23 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/vlmc run
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+$(TIMM_BIN)/python:
+	$(PYTHON) -m venv $(VENV_TIMM)
+
+$(TIMM_STAMP): pyproject.toml | $(TIMM_BIN)/python
+	$(TIMM_BIN)/pip install -q $(TIMM_TORCH_SPEC)
+	$(TIMM_BIN)/pip install -q -e ".[timm,dev]"
+	touch $@
+
+test: test-core test-timm
+
+# the whole suite but the timm/open_clip tests, in the default venv
+test-core: $(STAMP)
+	$(BIN)/python -m pytest -q --ignore=$(TIMM_TESTS)
+
+# TAP inserted into timm and open_clip ViTs, in the timm venv
+test-timm: $(TIMM_STAMP)
+	$(TIMM_BIN)/python -m pytest -q $(TIMM_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check vlm_compress tests benchmarks
