@@ -6,15 +6,15 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vlmc-installed
-# timm and open_clip import torchvision, which cannot sit beside the CPU torch 2.13.0 (shared/ENVIRONMENT.md):
-# their tests run in a second venv with the torch/torchvision pair they need.
-VENV_TIMM ?= .venv-timm
-TIMM_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-TIMM_BIN := $(VENV_TIMM)/bin
-TIMM_STAMP := $(VENV_TIMM)/.vlmc-installed
-TIMM_TESTS := tests/test_tap_vit.py
+# timm and open_clip import torchvision, which cannot sit beside the CPU torch 2.13.0 (shared/ENVIRONMENT.md), and
+# lmms-eval pulls torchvision too: their tests run in a second venv with the torch/torchvision pair they need.
+VENV_EXTRAS ?= .venv-extras
+EXTRAS_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS_BIN := $(VENV_EXTRAS)/bin
+EXTRAS_STAMP := $(VENV_EXTRAS)/.vlmc-installed
+EXTRAS_TESTS := tests/test_tap_vit.py tests/test_eval_lmms.py
 
-.PHONY: run test test-core test-timm lint
+.PHONY: run test test-core test-extras lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,23 +27,23 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/vlmc run
 
-$(TIMM_BIN)/python:
-	$(PYTHON) -m venv $(VENV_TIMM)
+$(EXTRAS_BIN)/python:
+	$(PYTHON) -m venv $(VENV_EXTRAS)
 
-$(TIMM_STAMP): pyproject.toml | $(TIMM_BIN)/python
-	$(TIMM_BIN)/pip install -q $(TIMM_TORCH_SPEC)
-	$(TIMM_BIN)/pip install -q -e ".[timm,dev]"
+$(EXTRAS_STAMP): pyproject.toml | $(EXTRAS_BIN)/python
+	$(EXTRAS_BIN)/pip install -q $(EXTRAS_TORCH_SPEC)
+	$(EXTRAS_BIN)/pip install -q -e ".[timm,eval,lmms,dev]"
 	touch $@
 
-test: test-core test-timm
+test: test-core test-extras
 
-# the whole suite but the timm/open_clip tests, in the default venv
+# the whole suite but the timm/open_clip and lmms-eval tests, in the default venv
 test-core: $(STAMP)
-	$(BIN)/python -m pytest -q --ignore=$(TIMM_TESTS)
+	$(BIN)/python -m pytest -q $(addprefix --ignore=,$(EXTRAS_TESTS))
 
-# TAP inserted into timm and open_clip ViTs, in the timm venv
-test-timm: $(TIMM_STAMP)
-	$(TIMM_BIN)/python -m pytest -q $(TIMM_TESTS)
+# TAP inserted into timm and open_clip ViTs, and the lmms-eval plugin run by lmms-eval, in the extras venv
+test-extras: $(EXTRAS_STAMP)
+	$(EXTRAS_BIN)/python -m pytest -q $(EXTRAS_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check vlm_compress tests benchmarks

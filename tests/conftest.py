@@ -16,6 +16,27 @@ from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--no-skips",
+        action="store_true",
+        help="fail the run when any test is skipped (CI: every test the README promises must run)",
+    )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not session.config.getoption("--no-skips"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped:
+        reporter.write_line(f"--no-skips: {len(skipped)} test(s) skipped, which counts as a failure:", red=True)
+        for report in skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+            reporter.write_line(f"  {report.nodeid}: {reason}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session")
 def tiny_llava():
     return build_tiny("llava", seed=0)
