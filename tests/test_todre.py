@@ -14,17 +14,24 @@ from vlm_compress.zoo.synthetic import TINY_IMAGE_TOKEN_ID, build_tiny, tiny_inp
 from .helpers import LayerLengths
 
 
+def _spy(seen: dict) -> type[ToDRE]:
+    """ToDRE that records the vision features and [CLS] attention its stage 1 selects from into ``seen``."""
+
+    class Spy(ToDRE):
+        def select(self, ctx):
+            seen["vision"], seen["cls"] = ctx.vision_features, ctx.cls_attention
+            return super().select(ctx)
+
+    return Spy
+
+
 def test_stage_one_is_k_center_from_the_cls_pivot():
     model = build_tiny(
         "llava", seed=4, num_hidden_layers=2
     )  # too shallow for stage 2 at layer 2: stage 1 only
     inputs = tiny_inputs(model, [1], seed=4)
     seen = {}
-
-    class Spy(ToDRE):
-        def select(self, ctx):
-            seen["vision"], seen["cls"] = ctx.vision_features, ctx.cls_attention
-            return super().select(ctx)
+    Spy = _spy(seen)
 
     for order in ("original", "selection"):
         with vlmc.compress(model, Spy(budget=24, relevance_layer=1, order=order)) as run:
@@ -65,11 +72,7 @@ def test_stage_one_max_sum_follows_the_functional_reference():
     model = build_tiny("llava", seed=4, num_hidden_layers=2)
     inputs = tiny_inputs(model, [1], seed=4)
     seen = {}
-
-    class Spy(ToDRE):
-        def select(self, ctx):
-            seen["vision"], seen["cls"] = ctx.vision_features, ctx.cls_attention
-            return super().select(ctx)
+    Spy = _spy(seen)
 
     with vlmc.compress(
         model, Spy(budget=24, diversity="max_sum", relevance_layer=1, order="selection")

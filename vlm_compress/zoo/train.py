@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..bench.models import resolve_device
 from . import model as zoo_model
 from . import shapes
 from .guided import OBJECT_TARGETS, Guidance, PatchProbe, guided_loss, patch_tokens, readout_loss
@@ -131,15 +132,6 @@ class TrainConfig:
             keep_background=keep,
             deep_weight=self.deep_weight,
         )
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else the CPU; ``cuda`` without a GPU is a clear error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(name)
 
 
 def _questions(scene: shapes.Scene, rng: random.Random, count: int) -> list[shapes.QA]:
