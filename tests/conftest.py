@@ -16,6 +16,12 @@ from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+def pytest_report_header(config):
+    import transformers
+
+    return f"torch {torch.__version__}, transformers {transformers.__version__}"
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--no-skips",

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vlm_compress as vlmc
+from vlm_compress.adapters.cache_compat import cache_keyword, output_cache
 from vlm_compress.zoo.synthetic import TINY_IMAGE_TOKEN_ID, build_tiny, tiny_inputs
 
 from .helpers import LayerLengths, hook_state
@@ -77,7 +78,9 @@ def test_fastv_on_qwen_equals_masked_reference_with_3d_positions(four_layer_qwen
     valid = inputs["attention_mask"].bool()
     for b in range(logits.shape[0]):
         survivors = torch.nonzero(valid[b] & ~drop[b]).flatten()
-        torch.testing.assert_close(logits[b, -survivors.numel() :], reference[b, survivors], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            logits[b, -survivors.numel() :], reference[b, survivors], atol=2e-5, rtol=1e-4
+        )
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
@@ -109,6 +112,76 @@ def test_fastv_logits_equal_masked_reference(four_layers, impl):
     call = run.report.calls[0]
     assert call.layer_positions[layer] == [int(n) for n in (valid & ~drop).sum(dim=1)]
     assert [r.info["llm_kept"][layer] for r in run.report.images] == [keep, keep, keep]
+
+
+def masked_generate(model, inputs, layer: int, drop: torch.Tensor, steps: int):
+    """The unpatched model's own ``generate`` (cache, masks, positions as transformers does them) with the dropped
+    prompt columns hidden as keys from every layer >= ``layer``, at the prefill and at every decode step."""
+    handles = []
+
+    def hide(module, args, kwargs):
+        mask = kwargs["attention_mask"]
+        keys = torch.zeros(drop.shape[0], mask.shape[-1], dtype=torch.bool)
+        keys[:, : drop.shape[1]] = drop
+        return args, {
+            **kwargs,
+            "attention_mask": mask.masked_fill(keys[:, None, None, :], torch.finfo(mask.dtype).min),
+        }
+
+    for index, block in enumerate(model.model.language_model.layers):
+        if index >= layer:
+            handles.append(block.register_forward_pre_hook(hide, with_kwargs=True))
+    try:
+        return greedy(model, inputs, steps)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def greedy(model, inputs, steps: int):
+    return model.generate(
+        **inputs, max_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
+
+
+def test_decode_steps_after_pruning_follow_the_unpatched_decode_path(four_layers):
+    """Every decode step after FastV's in-LLM pruning (shortened cache from layer K on) gives the logits of the
+    unpatched model decoding normally with the dropped columns masked out from layer K on."""
+    eager = four_layers["eager"]
+    inputs = tiny_inputs(eager, [2, 1], seed=6)
+    keep, layer, steps = 20, 2, 5
+    with torch.no_grad():
+        attentions = eager(**inputs, output_attentions=True).attentions
+        drop = top_attended_drop(attentions[layer - 1][:, :, -1, :].mean(dim=1), inputs["input_ids"], keep)
+        reference = masked_generate(eager, inputs, layer, drop, steps)
+        for impl in ("eager", "sdpa"):
+            with vlmc.compress(four_layers[impl], "fastv", budget=keep, prune_layer=layer):
+                pruned = greedy(four_layers[impl], inputs, steps)
+            assert torch.equal(pruned.sequences, reference.sequences), impl
+            for step, (ours, theirs) in enumerate(zip(pruned.logits, reference.logits)):
+                torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4, msg=f"{impl}, step {step}")
+
+
+@pytest.mark.parametrize("method", ["fastv", "todre"])
+def test_manual_decode_loop_after_pruning_equals_generate(four_layers, method):
+    """A caller's own loop (``forward`` with the cache under either keyword) continues an in-LLM-pruned prefill
+    exactly as ``generate`` does."""
+    model = four_layers["sdpa"]
+    inputs = tiny_inputs(model, [1], seed=12)
+    for keyword in dict.fromkeys([cache_keyword(model), "past_key_values"]):  # this release's, the old one
+        with torch.no_grad(), vlmc.compress(model, method, budget=12):
+            expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+            out = model(**inputs, use_cache=True)
+            cache, mask = output_cache(out), inputs["attention_mask"]
+            tokens = [out.logits[:, -1].argmax(-1)]
+            for _ in range(3):
+                mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
+                step = model(
+                    input_ids=tokens[-1][:, None], attention_mask=mask, use_cache=True, **{keyword: cache}
+                )
+                cache = output_cache(step)
+                tokens.append(step.logits[:, -1].argmax(-1))
+        assert torch.equal(torch.stack(tokens, dim=1), expected[:, -4:]), keyword
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])

@@ -34,6 +34,7 @@ from torch import nn
 from ..context import VisualContext
 from ..errors import InputMismatchError, InvalidFeaturesError, UnsupportedModelError
 from ..selection import CallRecord, ImageRecord, Selection
+from .cache_compat import call_cache, output_cache
 from .llm_pruning import LanguageModelPruner, PassInfo
 
 if TYPE_CHECKING:
@@ -82,7 +83,9 @@ class _CacheState:
     original_length: int
     new_length: int
     attention_mask: torch.Tensor
-    position_offset: int | torch.Tensor  # added to a cache index to get a position; a tensor is per row [B, 1]
+    position_offset: (
+        int | torch.Tensor
+    )  # added to a cache index to get a position; a tensor is per row [B, 1]
 
 
 def gather_columns(
@@ -173,7 +176,7 @@ class Adapter:
             # GenerationMixin._prepare_position_ids_for_generation
             positions = mask.long().cumsum(-1) - 1
             return positions.masked_fill(mask == 0, 0)
-        past = call.get("past_key_values")
+        past = call_cache(call)
         offset = past.get_seq_length() if past is not None else 0
         return (torch.arange(length, device=ref.device) + offset).unsqueeze(0).expand(batch, length)
 
@@ -307,14 +310,14 @@ class Adapter:
         mapped onto the shortened cache.
         """
         if self._generating and self._generate_needs_mask and call.get("attention_mask") is None:
-            if call.get("past_key_values") is None:
+            if call_cache(call) is None:
                 ref = (
                     call.get("input_ids") if call.get("input_ids") is not None else call.get("inputs_embeds")
                 )
                 if ref is not None:
                     call["attention_mask"] = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
             return call
-        cache = call.get("past_key_values")
+        cache = call_cache(call)
         if cache is None:
             return call
         try:
@@ -345,7 +348,7 @@ class Adapter:
     def _remember_cache(
         self, output: Any, call: dict[str, Any], plan: SequencePlan, positions: torch.Tensor | None
     ) -> None:
-        cache = getattr(output, "past_key_values", None)
+        cache = output_cache(output)
         if cache is None or plan.unchanged:
             return
         original_length = self._call_length(call)
@@ -410,7 +413,8 @@ class Adapter:
             raise InputMismatchError(
                 f"position_ids has shape {tuple(positions.shape)}, which does not match the prompt [{batch}, {length}]"
             )
-        if call.get("past_key_values") is not None and call["past_key_values"].get_seq_length() > 0:
+        cache = call_cache(call)
+        if cache is not None and cache.get_seq_length() > 0:
             raise InputMismatchError(
                 "images can only be compressed in a prefill call; this call continues a non-empty cache"
             )

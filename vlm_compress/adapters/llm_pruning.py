@@ -27,6 +27,7 @@ from torch import nn
 
 from ..context import LayerContext
 from ..errors import InputMismatchError, UnsupportedModelError
+from .cache_compat import call_cache
 
 if TYPE_CHECKING:
     from ..patching import CompressionHandle
@@ -142,12 +143,14 @@ class LanguageModelPruner:
             attention = self.layers[point - 1].self_attn
             handle.add_hook(attention.register_forward_pre_hook(self._capture(point), with_kwargs=True))
         for index in range(points[0], self.num_layers):
-            handle.add_hook(self.layers[index].register_forward_pre_hook(self._on_layer(index), with_kwargs=True))
+            handle.add_hook(
+                self.layers[index].register_forward_pre_hook(self._on_layer(index), with_kwargs=True)
+            )
 
     # ------------------------------------------------------------------ passes
     def _on_model_start(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         self._pass = None
-        cache = kwargs.get("past_key_values")
+        cache = call_cache(kwargs)
         if cache is not None and cache.get_seq_length() > 0:
             record = self._record_of(cache)
             if record is not None:
@@ -172,7 +175,9 @@ class LanguageModelPruner:
             image_of = image_of.repeat_interleave(repeats, dim=0)
             query_column = query_column.repeat_interleave(repeats, dim=0)
         if length > prompt:  # generate without cache: generated tokens follow the prompt
-            extra = torch.full((image_of.shape[0], length - prompt), -1, dtype=image_of.dtype, device=image_of.device)
+            extra = torch.full(
+                (image_of.shape[0], length - prompt), -1, dtype=image_of.dtype, device=image_of.device
+            )
             image_of = torch.cat([image_of, extra], dim=1)
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.ndim == 2:
@@ -246,7 +251,9 @@ class LanguageModelPruner:
         keys = keys.repeat_interleave(query.shape[1] // keys.shape[2], dim=2)
         logits = torch.einsum("bhd,blhd->bhl", query.float(), keys.float()) * attn.scaling
         positions = torch.arange(length, device=hidden.device)
-        allowed = (columns >= 0) & gather_rows(state.valid, columns, 0).bool() & (positions <= query_index[:, None])
+        allowed = (
+            (columns >= 0) & gather_rows(state.valid, columns, 0).bool() & (positions <= query_index[:, None])
+        )
         logits = logits.masked_fill(~allowed[:, None, :], float("-inf"))
         return logits.softmax(dim=-1).mean(dim=1)
 
@@ -320,7 +327,9 @@ class LanguageModelPruner:
         """Position embeddings, position ids and mask of the full pass, gathered onto ``columns``."""
         out: dict[str, Any] = {}
         if state.originals is None:
-            state.originals = {k: kwargs.get(k) for k in ("position_embeddings", "position_ids", "attention_mask")}
+            state.originals = {
+                k: kwargs.get(k) for k in ("position_embeddings", "position_ids", "attention_mask")
+            }
         original = state.originals
         cos, sin = original["position_embeddings"]
         out["position_embeddings"] = (gather_rows(cos, columns, 0.0), gather_rows(sin, columns, 0.0))
@@ -340,7 +349,9 @@ class LanguageModelPruner:
         if mask is None and not has_padding:
             return None  # kept columns stay in order, so plain causal attention is still right
         if isinstance(mask, torch.Tensor) and mask.ndim == 2:  # flash attention: a padding mask
-            return torch.where(columns >= 0, gather_rows(mask, columns, 0), torch.zeros_like(columns)).to(mask.dtype)
+            return torch.where(columns >= 0, gather_rows(mask, columns, 0), torch.zeros_like(columns)).to(
+                mask.dtype
+            )
         if mask is None:
             valid = columns >= 0
             allowed = (columns[:, None, :] <= columns[:, :, None]) & valid[:, None, :] & valid[:, :, None]
@@ -372,7 +383,9 @@ class LanguageModelPruner:
         mask = kwargs.get("attention_mask")
         hidden = args[0] if args else kwargs["hidden_states"]
         query_length = hidden.shape[1]
-        new_mask = self._decode_mask(mask, segment.columns, state.record.prefill_length, query_length, state.total_keys)
+        new_mask = self._decode_mask(
+            mask, segment.columns, state.record.prefill_length, query_length, state.total_keys
+        )
         state.substitutes = {"_segment": segment, "attention_mask": new_mask}
         return args, {**kwargs, "attention_mask": new_mask}
 
@@ -387,7 +400,9 @@ class LanguageModelPruner:
         if mask is None and not has_padding and query_length == 1:
             return None
         if isinstance(mask, torch.Tensor) and mask.ndim == 2:
-            return torch.where(key_map >= 0, gather_rows(mask, key_map, 0), torch.zeros_like(key_map)).to(mask.dtype)
+            return torch.where(key_map >= 0, gather_rows(mask, key_map, 0), torch.zeros_like(key_map)).to(
+                mask.dtype
+            )
         query_columns = torch.arange(total - query_length, total, device=columns.device)
         if mask is None:
             allowed = (key_map[:, None, :] >= 0) & (key_map[:, None, :] <= query_columns[None, :, None])

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapters.cache_compat import output_cache
 from .measure import DecoderShape, LanguageModelTimer, PeakMemory, cache_bytes, prefill_flops, synchronize
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def measure_once(model: nn.Module, inputs: dict[str, Any], variant: Variant, *, 
             out = model(**inputs, use_cache=True, logits_to_keep=1)
             synchronize(device)
             prefill_ms = 1000 * (time.perf_counter() - start)
-        kv_bytes = cache_bytes(out.past_key_values)
+        kv_bytes = cache_bytes(output_cache(out))
         del out
         selection_ms, positions = 0.0, full_positions
         if handle is not None:

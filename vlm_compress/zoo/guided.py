@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..adapters.cache_compat import cache_keyword, output_cache
 from . import model as zoo_model
 from . import shapes
 
@@ -194,16 +195,17 @@ def guided_loss(
         [torch.ones(batch_size, heads, dtype=torch.long, device=device), valid.long()], dim=1
     )
     language_model = model.model.language_model
+    keyword = cache_keyword(language_model)
     prefix_out = language_model(
         inputs_embeds=prefix,
         attention_mask=prefix_mask,
         position_ids=prefix_positions,
-        past_key_values=DynamicCache(config=config.text_config),
         use_cache=True,
+        **{keyword: DynamicCache(config=config.text_config)},
     )
     counts = torch.tensor([len(qas) for qas in questions], device=device)
     cache = DynamicCache(config=config.text_config)
-    for layer_idx, layer in enumerate(prefix_out.past_key_values.layers):
+    for layer_idx, layer in enumerate(output_cache(prefix_out).layers):
         cache.update(
             layer.keys.repeat_interleave(counts, dim=0),
             layer.values.repeat_interleave(counts, dim=0),
@@ -224,8 +226,8 @@ def guided_loss(
         input_ids=input_ids,
         attention_mask=torch.cat([prefix_mask.repeat_interleave(counts, dim=0), suffix_mask], dim=1),
         position_ids=positions,
-        past_key_values=cache,
         use_cache=True,
+        **{keyword: cache},
         output_attentions=guidance.supervises_attention,
         output_hidden_states=guidance.deep_weight > 0,
     )
