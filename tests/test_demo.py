@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import random
+
 import pytest
 import torch
 from PIL import Image
@@ -165,3 +168,70 @@ def test_concurrent_requests_are_served_one_at_a_time(demo, scene):
         outcomes = [f.result() for f in futures]
     assert [o.compressed.visual_tokens for o in outcomes] == [16, 16, 16]
     assert hook_state(demo.model) == before and vlmc.active_handle(demo.model) is None
+
+
+def _corrupt_png(tmp_path):
+    path = tmp_path / "corrupt.png"
+    path.write_bytes(random.Random(0).randbytes(4096))
+    return str(path)
+
+
+def _truncated_png(tmp_path):
+    path = tmp_path / "truncated.png"
+    buffer = io.BytesIO()
+    example_scenes()[0].save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return str(path)
+
+
+def _text_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not an image")
+    return str(path)
+
+
+@pytest.mark.parametrize("make_file", [_text_file, _corrupt_png, _truncated_png])
+def test_ask_on_a_file_that_is_not_an_image_names_the_file(demo, tmp_path, make_file):
+    path = make_file(tmp_path)
+    name = path.rsplit("/", 1)[-1]
+    with pytest.raises(DemoInputError, match=f"'{name}' is not an image"):
+        demo.ask(path, "What?", "uniform", 16, "")
+    with pytest.raises(DemoInputError, match=f"'{name}' is not an image"):
+        demo.sweep(path, "What?", "uniform", "", budgets=[8])
+    assert vlmc.active_handle(demo.model) is None and not demo.lock.locked()
+
+
+@pytest.mark.parametrize(
+    "make_image, question, message",
+    [
+        (_text_file, "What?", "'notes.txt' is not an image"),
+        (_corrupt_png, "What?", "'corrupt.png' is not an image"),
+        (lambda tmp_path: None, "What?", "upload an image"),
+        (lambda tmp_path: example_scenes()[0], "", "Please type a question"),
+        (lambda tmp_path: example_scenes()[0], "  \n ", "Please type a question"),
+    ],
+)
+def test_the_page_handlers_turn_bad_requests_into_a_message_and_blank_outputs(
+    demo, tmp_path, make_image, question, message
+):
+    from vlm_compress.demo.ui import answer, sweep_budgets
+
+    status, *outputs = answer(demo, make_image(tmp_path), question, "uniform", 16, "")
+    assert status.startswith("**Cannot answer:**") and message in status
+    assert outputs == ["", "", None, None, None, []]
+    status, rows, plot = sweep_budgets(demo, make_image(tmp_path), question, "uniform", "")
+    assert status.startswith("**Cannot sweep:**") and message in status and rows == [] and plot is None
+    # the next good request is served as usual
+    status, full, compressed, overlay, *_ = answer(demo, example_scenes()[0], "What?", "uniform", 16, "")
+    assert status.startswith("**Done:**") and "kept 16 of 144" in status and full and compressed and overlay
+
+
+def test_the_page_handler_reports_an_unexpected_failure_without_raising(demo, scene, monkeypatch):
+    from vlm_compress.demo.ui import answer
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(demo, "ask", explode)
+    status, *outputs = answer(demo, scene, "What?", "uniform", 16, "")
+    assert status == "**Error:** RuntimeError: boom" and outputs == ["", "", None, None, None, []]

@@ -41,6 +41,50 @@ def _status(kind: str, text: str) -> str:
     return f"**{kind}:** {text}"
 
 
+def answer(demo: Demo, image: Any, question: str, method: str, budget: float, params: str) -> tuple:
+    """The Ask button: ``(status, full answer, compressed answer, overlay, heat map, model view, stats rows)``.
+
+    A bad request gives a ``Cannot answer`` status saying what is wrong and blanks every other output, so no
+    earlier answer stays on the page as if it belonged to this request; the server keeps serving.
+    """
+    blank = ("", "", None, None, None, [])
+    try:
+        outcome = demo.ask(image, question, method, budget, params)
+    except DemoInputError as err:
+        return (_status("Cannot answer", str(err)), *blank)
+    except Exception as err:
+        logger.exception("demo request failed")
+        return (_status("Error", f"{type(err).__name__}: {err}"), *blank)
+    status = _status(
+        "Done",
+        f"{method} kept {outcome.compressed.visual_tokens} of {outcome.full.visual_tokens} "
+        f"visual tokens; prefill {outcome.speedup:.2f}× faster.",
+    )
+    if outcome.notes:
+        status += "\n\n" + " ".join(outcome.notes)
+    return (
+        status,
+        outcome.full.text,
+        outcome.compressed.text,
+        outcome.overlay,
+        outcome.heatmap,
+        outcome.view,
+        outcome.stats_rows(),
+    )
+
+
+def sweep_budgets(demo: Demo, image: Any, question: str, method: str, params: str) -> tuple:
+    """The Sweep button: ``(status, table rows, plot)``; a bad request gives a ``Cannot sweep`` status."""
+    try:
+        rows, plot = demo.sweep(image, question, method, params)
+    except DemoInputError as err:
+        return _status("Cannot sweep", str(err)), [], None
+    except Exception as err:
+        logger.exception("demo sweep failed")
+        return _status("Error", f"{type(err).__name__}: {err}"), [], None
+    return _status("Sweep done", f"{len(rows)} budgets"), rows, plot
+
+
 def build(demo: Demo, *, title: str = "vlm_compress demo"):
     """A ``gr.Blocks`` page: upload or pick a scene, ask, compare full and compressed answers."""
     gr = _import_gradio()
@@ -48,41 +92,13 @@ def build(demo: Demo, *, title: str = "vlm_compress demo"):
     default_method = "uniform" if any(name == "uniform" for _, name in choices) else choices[0][1]
     default_budget = min(demo.num_visual_tokens, max(1, demo.num_visual_tokens // 9))
 
+    # no per-user state lives here or in Demo: every request carries its own inputs (Gradio keeps each
+    # browser session's component values apart), and the shared model is guarded by Demo.lock
     def ask(image: Any, question: str, method: str, budget: float, params: str):
-        blank = ("", "", None, None, None, [])
-        try:
-            outcome = demo.ask(image, question, method, budget, params)
-        except DemoInputError as err:
-            return (_status("Cannot answer", str(err)), *blank)
-        except Exception as err:
-            logger.exception("demo request failed")
-            return (_status("Error", f"{type(err).__name__}: {err}"), *blank)
-        status = _status(
-            "Done",
-            f"{method} kept {outcome.compressed.visual_tokens} of {outcome.full.visual_tokens} "
-            f"visual tokens; prefill {outcome.speedup:.2f}× faster.",
-        )
-        if outcome.notes:
-            status += "\n\n" + " ".join(outcome.notes)
-        return (
-            status,
-            outcome.full.text,
-            outcome.compressed.text,
-            outcome.overlay,
-            outcome.heatmap,
-            outcome.view,
-            outcome.stats_rows(),
-        )
+        return answer(demo, image, question, method, budget, params)
 
     def sweep(image: Any, question: str, method: str, params: str):
-        try:
-            rows, plot = demo.sweep(image, question, method, params)
-        except DemoInputError as err:
-            return _status("Cannot sweep", str(err)), [], None
-        except Exception as err:
-            logger.exception("demo sweep failed")
-            return _status("Error", f"{type(err).__name__}: {err}"), [], None
-        return _status("Sweep done", f"{len(rows)} budgets"), rows, plot
+        return sweep_budgets(demo, image, question, method, params)
 
     with gr.Blocks(title=title) as page:
         gr.Markdown(
