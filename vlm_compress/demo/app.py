@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 import vlm_compress as vlmc
 
 from .. import viz
+from ..adapters.cache_compat import output_cache
 from ..bench.measure import LanguageModelTimer, cache_bytes
 from ..bench.models import prompt_inputs
 
@@ -227,7 +228,7 @@ class Demo:
             prefill_ms=timer.prefill_ms,
             visual_tokens=visual,
             positions=positions,
-            kv_cache_bytes=cache_bytes(out.past_key_values),
+            kv_cache_bytes=cache_bytes(output_cache(out)),
             selection_ms=selection_ms,
         )
 
