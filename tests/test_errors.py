@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import re
+import struct
+import zlib
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import vlm_compress as vlmc
@@ -139,3 +146,130 @@ def test_method_needing_a_missing_signal_fails_at_patch_time(model):
 
     with pytest.raises(vlmc.UnsupportedModelError, match="needs prompt_text"):
         vlmc.compress(model, NeedsText(budget=8))
+
+
+# -- image files: corrupt, truncated, empty, missing, too large ---------------------------------------------------
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` but whose pixel data is a few bytes: only a loader that checks
+    the size before decoding gets its size right (decoding would read past the data)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def noise(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    """Bad image files by name: random bytes with a .png name, a valid PNG / JPEG cut in half, an empty file,
+    the first 20 bytes of a PNG, and huge headers."""
+    folder = tmp_path_factory.mktemp("images")
+    png, jpeg = png_bytes(noise()), png_bytes(noise(), "JPEG")
+    contents = {
+        "random.png": np.random.default_rng(1).bytes(2000),
+        "half.png": png[: len(png) // 2],
+        "half.jpg": jpeg[: len(jpeg) // 2],
+        "header_only.png": png[:20],
+        "empty.png": b"",
+        "good.png": png,
+        "one_pixel.png": png_bytes(Image.new("RGB", (1, 1), (200, 30, 30))),
+        "144_megapixels.png": png_header(12_000, 12_000),
+        "10_gigapixels.png": png_header(100_000, 100_000),
+    }
+    for name, data in contents.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("random.png", r"is not an image Pillow can identify; pass a PNG, JPEG"),
+        ("half.png", r"is truncated or corrupt \(PNG header of 64x48, but its pixel data cannot be decoded"),
+        ("half.jpg", r"is truncated or corrupt \(JPEG header of 64x48"),
+        ("header_only.png", r"cannot be read as an image \(.*\); pass a PNG, JPEG"),
+        ("empty.png", r"is empty \(0 bytes\); pass a PNG, JPEG"),
+    ],
+)
+def test_a_bad_image_file_names_the_file_and_what_is_allowed(image_files, name, expected):
+    from vlm_compress.images import load_image
+
+    path = image_files / name
+    with pytest.raises(vlmc.InvalidImageError, match=rf"image file '{re.escape(str(path))}' {expected}"):
+        load_image(path)
+    # the same bytes in memory
+    in_memory = rf"image data \({path.stat().st_size} bytes\) {expected}"
+    with pytest.raises(vlmc.InvalidImageError, match=in_memory):
+        load_image(path.read_bytes())
+    assert not isinstance(vlmc.InvalidImageError("x"), OSError)  # never mistaken for a PIL / IO error
+
+
+def test_a_missing_image_file_is_also_a_file_not_found_error(image_files):
+    from vlm_compress.images import load_image
+
+    missing = r"nope\.png' does not exist; pass the path of a PNG"
+    with pytest.raises(vlmc.ImageNotFoundError, match=missing) as err:
+        load_image(image_files / "nope.png")
+    assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, vlmc.InvalidImageError)
+    with pytest.raises(vlmc.ImageNotFoundError, match="is a directory"):
+        load_image(image_files)
+    with pytest.raises(TypeError, match="expected an image path, encoded bytes"):
+        load_image(42)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # more than Pillow's MAX_IMAGE_PIXELS (89M): refused from the header, before its pixels are decoded
+        ("144_megapixels.png", r"is 12000x12000 = 144,000,000 pixels, more than the 89,478,485 allowed"),
+        # more than twice that: Pillow itself refuses to open it
+        ("10_gigapixels.png", r"is too large to open: .*; downscale it first"),
+    ],
+)
+def test_a_huge_image_file_is_refused_before_decoding(image_files, name, expected):
+    from vlm_compress.images import load_image
+
+    with pytest.raises(vlmc.ImageTooLargeError, match=rf"{name}' {expected}"):
+        load_image(image_files / name)
+    with pytest.raises(vlmc.ImageTooLargeError, match=r"64x48 = 3,072 pixels, more than the 3,000 allowed"):
+        load_image(image_files / "good.png", max_pixels=3000)
+
+
+def test_good_and_one_pixel_files_load_as_rgb(image_files):
+    from vlm_compress.images import load_image
+
+    image = load_image(image_files / "good.png")
+    assert image.mode == "RGB" and image.size == (64, 48)
+    assert np.array_equal(np.asarray(image), np.asarray(noise()))
+    assert load_image(image_files / "one_pixel.png").getpixel((0, 0)) == (200, 30, 30)
+    assert load_image(Image.new("L", (3, 2))).mode == "RGB"
+    with pytest.raises(vlmc.InvalidImageError, match=r"has no pixels \(0x5\)"):
+        load_image(Image.new("RGB", (0, 5)))
+
+
+def test_an_eval_sample_with_a_bad_image_names_the_sample_and_the_file(image_files):
+    from vlm_compress.eval.tasks.base import EvalSample
+
+    sample = EvalSample(id="q7", image=image_files / "half.png", question="?", answer="a")
+    with pytest.raises(vlmc.InvalidImageError, match=r"sample q7: image file '.*half\.png' is truncated"):
+        sample.load_image()
+    sample = EvalSample(id="q8", image=(image_files / "random.png").read_bytes(), question="?", answer="a")
+    with pytest.raises(vlmc.InvalidImageError, match=r"sample q8: image data \(2000 bytes\) is not an image"):
+        sample.load_image()
+    with pytest.raises(FileNotFoundError, match="sample q9: image file .* does not exist"):
+        EvalSample(id="q9", image=image_files / "nope.png", question="?", answer="a").load_image()
