@@ -6,6 +6,7 @@ import io
 import re
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,15 @@ from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import vlm_compress as vlmc
-from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
+from vlm_compress.zoo.synthetic import (
+    build_tiny,
+    tiny_inputs,
+    tiny_next_processor,
+    tiny_processor,
+    tiny_qwen_processor,
+)
+
+from .helpers import UnpatchedSnapshot
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +282,81 @@ def test_an_eval_sample_with_a_bad_image_names_the_sample_and_the_file(image_fil
         sample.load_image()
     with pytest.raises(FileNotFoundError, match="sample q9: image file .* does not exist"):
         EvalSample(id="q9", image=image_files / "nope.png", question="?", answer="a").load_image()
+
+
+# -- real processors: a 1x1 image, an 8000x8000 image -------------------------------------------------------------
+
+#: model_type -> (tiny processor builder, a prompt with one image placeholder)
+PROCESSORS = {
+    "llava": (tiny_processor, "USER: <image> what is in the image ? ASSISTANT:"),
+    "llava_next": (tiny_next_processor, "USER: <image> w1 w2 ASSISTANT:"),
+    "qwen2_vl": (tiny_qwen_processor, "USER: <|vision_start|><|image_pad|><|vision_end|> w1 w2 ASSISTANT:"),
+}
+
+
+@pytest.fixture(scope="module", params=list(PROCESSORS))
+def with_processor(request):
+    model = build_tiny(request.param, seed=31)
+    build, prompt = PROCESSORS[request.param]
+    return model, build(model), prompt
+
+
+def run_compressed(model, inputs, budget):
+    """Full budget (must equal the unpatched logits) and ``budget`` tokens (forward and generate) under compress."""
+    snapshot = UnpatchedSnapshot(model, inputs, max_new_tokens=2)
+    with vlmc.compress(model, "uniform", budget=1.0):
+        assert torch.equal(model(**inputs).logits, snapshot.logits)
+    with vlmc.compress(model, "uniform", budget=budget) as run:
+        model(**inputs)
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert [r.tokens_after for r in run.report.images] == [budget, budget]
+    assert torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
+    snapshot.check()
+    return run.report.images[0].tokens_before
+
+
+def test_a_one_pixel_image_through_the_real_processor(with_processor, image_files):
+    """Every processor resizes a 1x1 image up to what its tower takes: compression then works as on any image."""
+    from vlm_compress.images import load_image
+
+    model, processor, prompt = with_processor
+    image = load_image(image_files / "one_pixel.png")
+    inputs = dict(processor(images=[image], text=[prompt], return_tensors="pt"))
+    tokens = run_compressed(model, inputs, budget=4)
+    expected = {"llava": 144, "llava_next": 32, "qwen2_vl": 16}[model.config.model_type]
+    assert tokens == expected
+
+
+def peak_rss_since_reset() -> int:
+    """Peak resident memory (bytes) of this process since the last :func:`reset_peak_rss`."""
+    return 1024 * int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def reset_peak_rss() -> int:
+    Path("/proc/self/clear_refs").write_text("5")
+    return peak_rss_since_reset()
+
+
+@pytest.mark.slow
+def test_an_8000x8000_image_is_resized_by_the_processor(with_processor):
+    """64 megapixels: every processor resizes to a bounded size (LLaVA: the tower's square; LLaVA-NeXT: the
+    largest grid pinpoint; Qwen2-VL: at most max_pixels), so the model's input does not grow with the image and
+    the process's peak memory is the decoded image plus the processor's temporary copies."""
+    model, processor, prompt = with_processor
+    model_type = model.config.model_type
+    image = Image.new("RGB", (8000, 8000), (30, 120, 200))
+    start = reset_peak_rss()
+    inputs = dict(processor(images=[image], text=[prompt], return_tensors="pt"))
+    bounded = {
+        "llava": lambda: tuple(inputs["pixel_values"].shape) == (1, 3, 96, 96),
+        # the thumbnail and 2x2 crops of the largest pinpoint
+        "llava_next": lambda: tuple(inputs["pixel_values"].shape) == (1, 5, 3, 32, 32),
+        "qwen2_vl": lambda: inputs["image_grid_thw"].tolist() == [[1, 16, 16]],  # 64x64 px = max_pixels
+    }
+    assert bounded[model_type]()
+    # measured: ~610 MB over the 192 MB image for the CLIP / LLaVA-NeXT processors, ~375 MB for Qwen2-VL's
+    assert peak_rss_since_reset() - start < 1.5 * 2**30
+    start = reset_peak_rss()
+    tokens = run_compressed(model, inputs, budget=4)
+    assert tokens == {"llava": 144, "llava_next": 80, "qwen2_vl": 64}[model_type]
+    assert peak_rss_since_reset() - start < 256 * 2**20  # the model side does not grow with the image

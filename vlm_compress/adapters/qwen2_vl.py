@@ -143,6 +143,11 @@ class Qwen2VLAdapter(Adapter):
         return (last + 1 - plan.columns.shape[1])[:, None]
 
 
+#: the most attention scores (query rows x patches) the ``cls_attention`` proxy holds at once (64 MiB in fp32);
+#: an image with more patches than this is processed in blocks of query rows
+ATTENTION_CHUNK = 1 << 24
+
+
 class QwenSignals(text_signals.PromptSignals):
     """Lazy signals of the images of one Qwen2-VL call."""
 
@@ -212,9 +217,18 @@ class QwenSignals(text_signals.PromptSignals):
         for size in self.sizes:
             qi, ki = q[start : start + size].float(), k[start : start + size].float()
             total = torch.zeros(size, dtype=torch.float32, device=hidden.device)
-            for head in range(qi.shape[1]):  # one head at a time keeps memory at size^2
-                probs = ((qi[:, head] @ ki[:, head].T) * attn.scaling).softmax(dim=-1)
-                total += probs.mean(dim=0)
+            # one head and at most ATTENTION_CHUNK scores at a time: memory stays linear in the image's patches
+            rows = max(1, ATTENTION_CHUNK // size)
+            for head in range(qi.shape[1]):
+                if rows >= size:
+                    probs = ((qi[:, head] @ ki[:, head].T) * attn.scaling).softmax(dim=-1)
+                    total += probs.mean(dim=0)
+                    continue
+                received_by = torch.zeros(size, dtype=torch.float32, device=hidden.device)
+                for first in range(0, size, rows):
+                    scores = qi[first : first + rows, head] @ ki[:, head].T
+                    received_by += (scores * attn.scaling).softmax(dim=-1).sum(dim=0)
+                total += received_by / size
             received[start : start + size] = total / qi.shape[1]
             start += size
         per_token = self._units(received).sum(dim=1)
