@@ -360,3 +360,101 @@ def test_an_8000x8000_image_is_resized_by_the_processor(with_processor):
     tokens = run_compressed(model, inputs, budget=4)
     assert tokens == {"llava": 144, "llava_next": 80, "qwen2_vl": 64}[model_type]
     assert peak_rss_since_reset() - start < 256 * 2**20  # the model side does not grow with the image
+
+
+# -- more (or fewer) image placeholders in the prompt than images ------------------------------------------------
+
+
+def drop_last_image(model, inputs):
+    """``inputs`` of a prompt with two images, with only the first image's pixels left."""
+    out = dict(inputs)
+    if model.config.model_type == "qwen2_vl":
+        first = int(inputs["image_grid_thw"][0].prod())
+        out["pixel_values"] = inputs["pixel_values"][:first]
+        out["image_grid_thw"] = inputs["image_grid_thw"][:1]
+    else:
+        out["pixel_values"] = inputs["pixel_values"][:1]
+        if "image_sizes" in inputs:
+            out["image_sizes"] = inputs["image_sizes"][:1]
+    return out
+
+
+def add_an_image(model, inputs):
+    """``inputs`` of a prompt with one image, with the pixels of a second image added."""
+    out = dict(inputs)
+    for name in ("pixel_values", "image_grid_thw", "image_sizes"):
+        if name in inputs:
+            out[name] = torch.cat([inputs[name], inputs[name]])
+    return out
+
+
+PLACEHOLDER_MESSAGES = {
+    "llava": {
+        "more": r"more image placeholders than images: 2 <image> placeholder\(s\) for 1 image\(s\): the 1 "
+        r"image\(s\) give 144 visual tokens \(144\) but the prompt holds 288 <image> placeholder tokens; put "
+        r"exactly one <image> in the text per image",
+        "fewer": r"fewer image placeholders than images: 1 <image> placeholder\(s\) for 2 image\(s\): the 2 "
+        r"image\(s\) give 288 visual tokens \(144\+144\) but the prompt holds 144",
+    },
+    "llava_next": {
+        "more": r"the prompt's <image> placeholders \(2 separate run\(s\) of tokens\) do not match the 1 "
+        r"image\(s\) given: the 1 image\(s\) give 88 visual tokens \(88\) but the prompt holds 160 <image>",
+        "fewer": r"<image> placeholders \(1 separate run\(s\) of tokens\) do not match the 2 image\(s\) given: "
+        r"the 2 image\(s\) give 176 visual tokens \(88\+88\) but the prompt holds 88 <image> placeholder tokens",
+    },
+    "qwen2_vl": {
+        "more": r"more image placeholders than images: 2 <\|image_pad\|> placeholder\(s\) for 1 image\(s\): "
+        r"the 1 image\(s\) give 16 visual tokens \(16\) but the prompt holds 40 <\|image_pad\|>",
+        "fewer": r"fewer image placeholders than images: 1 <\|image_pad\|> placeholder\(s\) for 2 image\(s\): "
+        r"the 2 image\(s\) give 32 visual tokens \(16\+16\) but the prompt holds 16",
+    },
+}
+
+
+@pytest.fixture(scope="module", params=["llava", "llava_next", "qwen2_vl"])
+def family(request):
+    return build_tiny(request.param, seed=32)
+
+
+@pytest.mark.parametrize("call", ["forward", "generate"])
+@pytest.mark.parametrize("placeholders", ["more", "fewer"])
+def test_placeholders_that_do_not_match_the_images(family, placeholders, call):
+    model = family
+    if placeholders == "more":
+        good = tiny_inputs(model, [2], seed=33)
+        bad = drop_last_image(model, good)
+    else:
+        good = tiny_inputs(model, [1], seed=33)
+        bad = add_an_image(model, good)
+    snapshot = UnpatchedSnapshot(model, good, max_new_tokens=2)
+    expected = PLACEHOLDER_MESSAGES[model.config.model_type][placeholders]
+    with pytest.raises(vlmc.InputMismatchError, match=expected), vlmc.compress(model, "uniform", budget=4):
+        model(**bad) if call == "forward" else model.generate(**bad, max_new_tokens=2)
+    snapshot.check()
+
+
+def test_qwen_pixel_values_that_do_not_match_the_grid():
+    model = build_tiny("qwen2_vl", seed=34)
+    inputs = tiny_inputs(model, [1], seed=35)
+    inputs["pixel_values"] = inputs["pixel_values"][:60]
+    with pytest.raises(
+        vlmc.InputMismatchError,
+        match=r"pixel_values hold 60 patches but image_grid_thw \[\[1, 8, 8\]\] describes 1 image\(s\) of 64 patches",
+    ):
+        with vlmc.compress(model, "uniform", budget=4):
+            model(**inputs)
+    assert vlmc.active_handle(model) is None
+
+
+def test_a_question_holding_an_image_placeholder():
+    """The processor would refuse the prompt with its own ValueError; the prompt builder says why first."""
+    from vlm_compress.bench.models import prompt_inputs
+
+    model = build_tiny("llava", seed=36)
+    processor = tiny_processor(model)
+    with pytest.raises(
+        vlmc.InputMismatchError,
+        match=r"the question holds 1 image placeholder\(s\) '<image>', so the prompt would hold 2 placeholders for "
+        r"1 image; the prompt template adds the one placeholder itself: remove '<image>' from the question",
+    ):
+        prompt_inputs(processor, Image.new("RGB", (8, 8)), "what is <image> ?")

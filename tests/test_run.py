@@ -169,3 +169,10 @@ def test_a_bad_image_file_is_one_clear_line_before_any_model_loads(
     line = rf"vlmc {command}: --image: image file '{re.escape(str(path))}' {expected}.*\n"
     assert re.fullmatch(line, captured.err)
     assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_run_refuses_a_question_that_holds_an_image_placeholder(tmp_path, capsys):
+    args = ["run", "--model", "tiny", "--method", "uniform", "--question", "what is <image> here?"]
+    assert main([*args, "--repeats", "1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vlmc run: the question holds 1 image placeholder(s) '<image>', so the prompt")

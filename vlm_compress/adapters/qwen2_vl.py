@@ -31,7 +31,7 @@ from ..context import VisualContext, _LazySignals
 from ..errors import InputMismatchError, UnsupportedModelError
 from . import text_signals
 from .base import Adapter, ImageSlot, SequencePlan, gather_columns
-from .llava import assign_image_slots
+from .llava import assign_image_slots, placeholder_blocks
 
 
 class Qwen2VLAdapter(Adapter):
@@ -73,6 +73,13 @@ class Qwen2VLAdapter(Adapter):
         if call.get("mm_token_type_ids") is None:
             call["mm_token_type_ids"] = is_image.int()
         pixel_values = call.pop("pixel_values")
+        patches = [int(n) for n in grid_thw.prod(dim=-1)]
+        if pixel_values.shape[0] != sum(patches):
+            raise InputMismatchError(
+                f"pixel_values hold {pixel_values.shape[0]} patches but image_grid_thw {grid_thw.tolist()} describes "
+                f"{len(patches)} image(s) of {sum(patches)} patches ({'+'.join(map(str, patches))}); pass the "
+                "processor's pixel_values and image_grid_thw together"
+            )
         captured: dict[str, Any] = {}
 
         def capture(module, args, kwargs):
@@ -86,7 +93,13 @@ class Qwen2VLAdapter(Adapter):
             hook.remove()
         features = list(encoded.pooler_output)
         self.check_finite(features)
-        placements = assign_image_slots(is_image, [f.shape[0] for f in features], placeholder="<|image_pad|>")
+        # every image's placeholders sit between <|vision_start|> and <|vision_end|>: one run per image
+        placements = assign_image_slots(
+            is_image,
+            [f.shape[0] for f in features],
+            placeholder="<|image_pad|>",
+            prompt_images=placeholder_blocks(is_image),
+        )
         signals = QwenSignals(self, call, encoded.last_hidden_state, captured, grid_thw)
         slots = []
         for i, ((row, columns), feats) in enumerate(zip(placements, features)):
