@@ -458,3 +458,40 @@ def test_a_question_holding_an_image_placeholder():
         r"1 image; the prompt template adds the one placeholder itself: remove '<image>' from the question",
     ):
         prompt_inputs(processor, Image.new("RGB", (8, 8)), "what is <image> ?")
+
+
+# -- half precision: bf16 and fp16 models --------------------------------------------------------------------------
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(t, d) for t in ("llava", "llava_next", "qwen2_vl") for d in ("bf16", "fp16")],
+    ids="-".join,
+)
+def half_model(request):
+    model_type, dtype = request.param
+    model = build_tiny(model_type, seed=37).to({"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
+    inputs = tiny_inputs(model, [2, 1], seed=38)
+    inputs = {k: v.to(model.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+    return model, inputs, UnpatchedSnapshot(model, inputs, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("method", vlmc.list_methods())
+def test_half_precision_models(half_model, method):
+    """Every method on bf16 / fp16 models: the full budget reproduces the unpatched logits exactly in that dtype,
+    a small budget keeps that many tokens (inside the language model for FastV), generate runs."""
+    model, inputs, snapshot = half_model
+    with vlmc.compress(model, method, budget=1.0):
+        logits = model(**inputs).logits
+    assert logits.dtype == model.dtype and torch.equal(logits, snapshot.logits)
+    with vlmc.compress(model, method, budget=4) as run:
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    for record in run.report.images:
+        if record.tokens_after == record.tokens_before:  # an in-LLM method: it prunes at its layer
+            assert list(record.info["llm_kept"].values()) == [4]
+        else:
+            assert record.tokens_after == 4
+        features = record.selection.features
+        assert features is None or features.dtype == model.dtype
+    assert out.shape == (2, inputs["input_ids"].shape[1] + 2)
+    snapshot.check()
