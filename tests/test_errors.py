@@ -495,3 +495,46 @@ def test_half_precision_models(half_model, method):
         assert features is None or features.dtype == model.dtype
     assert out.shape == (2, inputs["input_ids"].shape[1] + 2)
     snapshot.check()
+
+
+# -- a model on the meta device ---------------------------------------------------------------------------------------
+
+
+def meta_llava():
+    with torch.device("meta"):
+        return build_tiny("llava", seed=39)
+
+
+def empty_weights_llava():
+    accelerate = pytest.importorskip("accelerate")
+    with accelerate.init_empty_weights():
+        return build_tiny("llava", seed=39)
+
+
+@pytest.mark.parametrize("build", [meta_llava, empty_weights_llava])
+@pytest.mark.parametrize("method", ["uniform", "fastv"])
+def test_a_model_on_the_meta_device(build, method):
+    model = build()
+    snapshot = UnpatchedSnapshot(model)  # it cannot run: only its hooks are compared
+    with pytest.raises(
+        vlmc.UnsupportedModelError,
+        match=r"of this LlavaForConditionalGeneration are on the meta device \(e\.g\. 'model\.vision_tower\..*'\): "
+        r"it was built without its weights .* load the weights first",
+    ):
+        vlmc.compress(model, method, budget=8)
+    snapshot.check()
+
+
+def test_an_offloaded_model_is_not_mistaken_for_an_empty_one():
+    """accelerate's offloading also leaves weights on meta, but its hooks load them for every call."""
+    accelerate = pytest.importorskip("accelerate")
+    model = build_tiny("llava", seed=40)
+    inputs = tiny_inputs(model, [1], seed=41)
+    reference = model(**inputs).logits
+    accelerate.cpu_offload(model, execution_device="cpu")
+    assert all(p.is_meta for p in model.parameters())
+    with vlmc.compress(model, "uniform", budget=1.0):
+        assert torch.equal(model(**inputs).logits, reference)
+    with vlmc.compress(model, "uniform", budget=8) as run:
+        model(**inputs)
+    assert run.report.images[0].tokens_after == 8
