@@ -24,6 +24,40 @@ def hook_state(model: torch.nn.Module) -> dict[str, tuple]:
     }
 
 
+class UnpatchedSnapshot:
+    """What an unpatched model is and does, to check that a failed (or finished) patch left nothing behind.
+
+    Built before the bad call: it runs ``inputs`` once first (transformers installs its own permanent
+    output-capture hooks on a model's first forward), then records every hook, the logits and the greedy
+    tokens of ``generate``. :meth:`check` asserts no handle, the same hooks and wrappers, the same logits and the
+    same generated tokens. Without ``inputs`` (a model that cannot run, e.g. on ``meta``) only the hooks are compared.
+    """
+
+    def __init__(self, model: torch.nn.Module, inputs: dict | None = None, *, max_new_tokens: int = 3):
+        self.model, self.inputs, self.max_new_tokens = model, inputs, max_new_tokens
+        self.logits = self.tokens = None
+        if inputs is not None:
+            with torch.no_grad():
+                model(**inputs)
+                self.logits = model(**inputs).logits
+                self.tokens = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        self.hooks = hook_state(model)
+
+    def check(self) -> None:
+        import vlm_compress as vlmc
+
+        model = self.model
+        assert vlmc.active_handle(model) is None
+        assert "forward" not in model.__dict__ and "generate" not in model.__dict__
+        assert hook_state(model) == self.hooks
+        if self.inputs is not None:
+            with torch.no_grad():
+                assert torch.equal(model(**self.inputs).logits, self.logits)
+                tokens = model.generate(**self.inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            assert torch.equal(tokens, self.tokens)
+            assert hook_state(model) == self.hooks
+
+
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return model.model.language_model.layers
 

@@ -125,3 +125,29 @@ def test_methods_that_renumber_on_llava_keep_the_original_m_rope_ids_on_qwen(qwe
     model_type = model.config.model_type
     assert run.report.position_ids == "original"
     assert run.report.position_ids_source == f"{method}'s default on {model_type}"
+
+
+def test_the_cls_attention_proxy_is_computed_in_blocks_for_large_images(qwen, monkeypatch):
+    """The proxy holds at most ATTENTION_CHUNK scores at once (a big image's full patch x patch attention would
+    not fit in memory); in blocks of query rows it gives the same values."""
+    from vlm_compress.adapters import qwen2_vl
+
+    model, inputs = qwen
+
+    def proxies():
+        seen = []
+
+        class Spy(vlmc.methods.uniform.Uniform):
+            def select(self, ctx):
+                seen.append(ctx.cls_attention)
+                return super().select(ctx)
+
+        with vlmc.compress(model, Spy(budget=4)):
+            model(**inputs)
+        return seen
+
+    whole = proxies()
+    monkeypatch.setattr(qwen2_vl, "ATTENTION_CHUNK", 7 * 64)  # 64-patch image: blocks of 7 query rows
+    blocks = proxies()
+    for a, b in zip(whole, blocks, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-7, rtol=1e-5)

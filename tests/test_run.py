@@ -135,3 +135,44 @@ def test_default_budgets_are_the_same_share_of_every_model():
     assert resolve_budget(DEFAULT_BUDGET, 576) == 64 and resolve_budget(DEFAULT_BUDGET, 144) == 16
     assert describe_budget(16) == "16 visual tokens per image"
     assert describe_budget(0.111) == "11.1% of each image's visual tokens"
+
+
+@pytest.mark.parametrize("command", ["run", "bench"])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\x89PNG not really" * 50, "is not an image Pillow can identify; pass a PNG, JPEG"),
+        ("half", r"is truncated or corrupt \(PNG header of 40x30"),
+        (None, "does not exist; pass the path of a PNG"),
+    ],
+)
+def test_a_bad_image_file_is_one_clear_line_before_any_model_loads(
+    tmp_path, capsys, monkeypatch, command, content, expected
+):
+    import io
+    import re
+
+    from PIL import Image
+
+    import vlm_compress.bench.models as models
+
+    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("the model was loaded before the image"))
+    path = tmp_path / "picture.png"
+    if content == "half":
+        buffer = io.BytesIO()
+        Image.effect_noise((40, 30), 60).convert("RGB").save(buffer, "PNG")
+        content = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    if content is not None:
+        path.write_bytes(content)
+    assert main([command, "--image", str(path), "--model", "tiny"]) == 2
+    captured = capsys.readouterr()
+    line = rf"vlmc {command}: --image: image file '{re.escape(str(path))}' {expected}.*\n"
+    assert re.fullmatch(line, captured.err)
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_run_refuses_a_question_that_holds_an_image_placeholder(tmp_path, capsys):
+    args = ["run", "--model", "tiny", "--method", "uniform", "--question", "what is <image> here?"]
+    assert main([*args, "--repeats", "1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vlmc run: the question holds 1 image placeholder(s) '<image>', so the prompt")

@@ -16,8 +16,11 @@ from .context import LayerContext, TokenRegion, VisualContext
 from .errors import (
     AlreadyPatchedError,
     BudgetError,
+    ImageNotFoundError,
+    ImageTooLargeError,
     InputMismatchError,
     InvalidFeaturesError,
+    InvalidImageError,
     MissingSignalError,
     UnknownMethodError,
     UnsupportedModelError,
@@ -34,8 +37,11 @@ __all__ = [
     "AlreadyPatchedError",
     "BudgetError",
     "CompressionHandle",
+    "ImageNotFoundError",
+    "ImageTooLargeError",
     "InputMismatchError",
     "InvalidFeaturesError",
+    "InvalidImageError",
     "LayerContext",
     "Method",
     "MissingSignalError",
@@ -51,6 +57,7 @@ __all__ = [
     "describe_methods",
     "functional",
     "get_method",
+    "images",
     "insert_tap",
     "list_adapters",
     "list_methods",
@@ -63,7 +70,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # heavy optional parts load on first use
-    if name in ("zoo", "eval", "bench", "viz", "kernels", "nn"):
+    if name in ("zoo", "eval", "bench", "viz", "kernels", "nn", "images"):
         return importlib.import_module(f".{name}", __name__)
     if name == "insert_tap":
         return importlib.import_module(".adapters.vit_tap", __name__).insert_tap

@@ -38,3 +38,16 @@ class InvalidFeaturesError(VlmcError, ValueError):
 
 class MissingSignalError(VlmcError, RuntimeError):
     """A method asked for a signal (e.g. [CLS] attention) that this model cannot provide."""
+
+
+class InvalidImageError(VlmcError, ValueError):
+    """An image file or buffer cannot be read as an image (corrupt, truncated, empty, not an image), or it has no
+    pixels. The message names the file."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """An image has more pixels than allowed; raised from the file's header, before its pixels are decoded."""
+
+
+class ImageNotFoundError(InvalidImageError, FileNotFoundError):
+    """An image path does not name a file (also a ``FileNotFoundError``)."""

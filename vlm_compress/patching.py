@@ -26,6 +26,39 @@ def active_handle(model: nn.Module) -> CompressionHandle | None:
     return _ACTIVE.get(model)
 
 
+def check_weights_loaded(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedModelError` when weights are on the ``meta`` device without anything to load them.
+
+    A model built under ``torch.device("meta")`` or accelerate's ``init_empty_weights`` has shapes but no values;
+    it can neither run nor be compressed. Weights that accelerate offloads (``cpu_offload``, a ``device_map`` with
+    offloading) are on ``meta`` too, but a hook of their module (``_hf_hook``) loads them for every call: those
+    are fine.
+    """
+    offloaded: set[str] = set()
+    empty: list[str] = []
+    total = 0
+    for module_name, module in model.named_modules():
+        if getattr(module, "_hf_hook", None) is not None or any(
+            module_name.startswith(prefix) for prefix in offloaded
+        ):
+            offloaded.add(f"{module_name}." if module_name else "")
+            continue
+        for tensor_name, tensor in [
+            *module.named_parameters(recurse=False),
+            *module.named_buffers(recurse=False),
+        ]:
+            total += 1
+            if tensor.is_meta:
+                empty.append(f"{module_name}.{tensor_name}" if module_name else tensor_name)
+    if empty:
+        raise UnsupportedModelError(
+            f"{len(empty)} of the {total} weights and buffers of this {type(model).__name__} are on the meta device "
+            f"(e.g. {empty[0]!r}): it was built without its weights (torch.device('meta') or accelerate's "
+            "init_empty_weights), so it can neither run nor be compressed; load the weights first "
+            "(from_pretrained(...), or model.to_empty(device=...) then load_state_dict(...)), then patch it"
+        )
+
+
 class CompressionHandle:
     """A patched model. Use as a context manager, or call :meth:`remove` yourself.
 
@@ -88,7 +121,9 @@ class CompressionHandle:
         self.report = Report(position_ids=position_ids, position_ids_source=source)
         self._undo: list[tuple[str, Any]] = []
         self._active = False
-        self.adapter = adapter_class(model)(model, self)
+        adapter = adapter_class(model)
+        check_weights_loaded(model)
+        self.adapter = adapter(model, self)
         try:
             self.adapter.install()
         except BaseException:

@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from .cli import DEFAULT_BUDGET, describe_budget, parse_budget
-from .errors import VlmcError
+from .errors import InvalidImageError, VlmcError
+from .images import load_image
 from .selection import POSITION_POLICIES
 
 
@@ -316,24 +317,32 @@ def main(args: argparse.Namespace) -> int:
         return 2
     image, question, expected, source = default_sample()
     if args.image:
-        image, source, expected = Image.open(args.image).convert("RGB"), args.image, None
+        try:
+            image, source, expected = load_image(args.image), args.image, None
+        except InvalidImageError as err:
+            print(f"vlmc run: --image: {err}", file=sys.stderr)
+            return 2
     question = args.question or question
     model, processor, model_name, note = load_model(args.model, device=args.device)
     if note and not args.json:
         print(f"note: {note}", file=sys.stderr)
-    rows, records = run_job(
-        model,
-        processor,
-        image,
-        question,
-        methods=methods,
-        budget=args.budget,
-        repeats=args.repeats,
-        max_new_tokens=args.max_new_tokens,
-        device=args.device,
-        progress=not args.json,
-        position_ids=args.position_ids,
-    )
+    try:
+        rows, records = run_job(
+            model,
+            processor,
+            image,
+            question,
+            methods=methods,
+            budget=args.budget,
+            repeats=args.repeats,
+            max_new_tokens=args.max_new_tokens,
+            device=args.device,
+            progress=not args.json,
+            position_ids=args.position_ids,
+        )
+    except VlmcError as err:  # bad input for the full model too (a per-method failure only skips its row)
+        print(f"vlmc run: {err}", file=sys.stderr)
+        return 2
     picture = save_picture(Path(args.out) / "kept_tokens.png", image, processor, records, rows, model.config)
     result = {
         "model": model_name,

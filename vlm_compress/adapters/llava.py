@@ -27,21 +27,43 @@ from .base import Adapter, ImageSlot
 from .vit_tap import recorded_scale_weights
 
 
+def placeholder_blocks(is_image: torch.Tensor) -> int:
+    """How many separate runs of placeholder tokens ``is_image [B, L]`` holds (placeholders of two images that
+    touch form one run)."""
+    starts = torch.nn.functional.pad(is_image.int(), (1, 0)).diff(dim=1) == 1
+    return int(starts.sum())
+
+
 def assign_image_slots(
-    is_image: torch.Tensor, tokens_per_image: list[int], *, placeholder: str
+    is_image: torch.Tensor, tokens_per_image: list[int], *, placeholder: str, prompt_images: int | None = None
 ) -> list[tuple[int, torch.Tensor]]:
     """Give every image, in batch order, the next ``tokens_per_image[i]`` placeholder columns of its row.
 
     ``is_image: [B, L]`` -> ``[(row, columns [N_i])]``. Raises :class:`InputMismatchError` when the number of
     placeholders does not match the images, or an image's placeholders would straddle two rows.
+    ``prompt_images``: how many images the prompt's placeholders stand for, when the adapter can tell (for the
+    message); otherwise the message counts the separate runs of placeholder tokens.
     """
     per_row = [torch.nonzero(row).flatten() for row in is_image]
     total_tokens, total_needed = int(is_image.sum()), sum(tokens_per_image)
     if total_tokens != total_needed:
+        images = len(tokens_per_image)
+        if prompt_images is not None:
+            relation = "more" if prompt_images > images else "fewer"
+            head = (
+                f"the prompt has {relation} image placeholders than images: {prompt_images} {placeholder} "
+                f"placeholder(s) for {images} image(s)"
+            )
+        else:
+            head = (
+                f"the prompt's {placeholder} placeholders ({placeholder_blocks(is_image)} separate run(s) of "
+                f"tokens) do not match the {images} image(s) given"
+            )
         raise InputMismatchError(
-            f"the {len(tokens_per_image)} image(s) give {total_needed} visual tokens ({'+'.join(map(str, tokens_per_image))}) "
-            f"but the prompt holds {total_tokens} {placeholder} placeholder tokens; "
-            "build inputs with the model's processor (one image per <image> in the text)"
+            f"{head}: the {images} image(s) give {total_needed} visual tokens "
+            f"({'+'.join(map(str, tokens_per_image))}) but the prompt holds {total_tokens} {placeholder} placeholder "
+            f"tokens; put exactly one {placeholder} in the text per image and build the inputs with the model's "
+            "processor"
         )
     slots, row, used = [], 0, 0
     for i, n in enumerate(tokens_per_image):
@@ -103,6 +125,16 @@ class LlavaAdapter(Adapter):
             torch.tensor(self.image_token_id, device=inputs_embeds.device)
         ).to(inputs_embeds.dtype)
         return (inputs_embeds == image_embed).all(dim=-1)
+
+    @staticmethod
+    def prompt_images(is_image: torch.Tensor, features: list[torch.Tensor]) -> int | None:
+        """How many images the prompt's placeholders stand for: every image expands to the same number of
+        tokens here, so placeholder tokens / tokens per image (``None`` when that does not divide)."""
+        sizes = {f.shape[0] for f in features}
+        total = int(is_image.sum())
+        if len(sizes) != 1 or total % next(iter(sizes)):
+            return None
+        return total // next(iter(sizes))
 
     def grid_for(self, num_tokens: int) -> tuple[int, int] | None:
         vision_config = self.config.vision_config
@@ -167,7 +199,12 @@ class LlavaAdapter(Adapter):
             else:
                 original_sizes = call.pop("image_sizes")
         encoded, features = self.encode_images(pixel_values, feature_layer, strategy, **extra)
-        placements = assign_image_slots(is_image, [f.shape[0] for f in features], placeholder="<image>")
+        placements = assign_image_slots(
+            is_image,
+            [f.shape[0] for f in features],
+            placeholder="<image>",
+            prompt_images=self.prompt_images(is_image, features),
+        )
         padding = self.padding_masks(original_sizes, features)
         hidden_states = encoded.hidden_states
         signals = ImageSignals(self, call, hidden_states, feature_layer, strategy)

@@ -31,7 +31,7 @@ from ..context import VisualContext, _LazySignals
 from ..errors import InputMismatchError, UnsupportedModelError
 from . import text_signals
 from .base import Adapter, ImageSlot, SequencePlan, gather_columns
-from .llava import assign_image_slots
+from .llava import assign_image_slots, placeholder_blocks
 
 
 class Qwen2VLAdapter(Adapter):
@@ -73,6 +73,13 @@ class Qwen2VLAdapter(Adapter):
         if call.get("mm_token_type_ids") is None:
             call["mm_token_type_ids"] = is_image.int()
         pixel_values = call.pop("pixel_values")
+        patches = [int(n) for n in grid_thw.prod(dim=-1)]
+        if pixel_values.shape[0] != sum(patches):
+            raise InputMismatchError(
+                f"pixel_values hold {pixel_values.shape[0]} patches but image_grid_thw {grid_thw.tolist()} describes "
+                f"{len(patches)} image(s) of {sum(patches)} patches ({'+'.join(map(str, patches))}); pass the "
+                "processor's pixel_values and image_grid_thw together"
+            )
         captured: dict[str, Any] = {}
 
         def capture(module, args, kwargs):
@@ -86,7 +93,13 @@ class Qwen2VLAdapter(Adapter):
             hook.remove()
         features = list(encoded.pooler_output)
         self.check_finite(features)
-        placements = assign_image_slots(is_image, [f.shape[0] for f in features], placeholder="<|image_pad|>")
+        # every image's placeholders sit between <|vision_start|> and <|vision_end|>: one run per image
+        placements = assign_image_slots(
+            is_image,
+            [f.shape[0] for f in features],
+            placeholder="<|image_pad|>",
+            prompt_images=placeholder_blocks(is_image),
+        )
         signals = QwenSignals(self, call, encoded.last_hidden_state, captured, grid_thw)
         slots = []
         for i, ((row, columns), feats) in enumerate(zip(placements, features)):
@@ -141,6 +154,11 @@ class Qwen2VLAdapter(Adapter):
         valid = plan.attention_mask.bool()
         last = planes.masked_fill(~valid[None], -1).amax(dim=(0, 2))
         return (last + 1 - plan.columns.shape[1])[:, None]
+
+
+#: the most attention scores (query rows x patches) the ``cls_attention`` proxy holds at once (64 MiB in fp32);
+#: an image with more patches than this is processed in blocks of query rows
+ATTENTION_CHUNK = 1 << 24
 
 
 class QwenSignals(text_signals.PromptSignals):
@@ -212,9 +230,18 @@ class QwenSignals(text_signals.PromptSignals):
         for size in self.sizes:
             qi, ki = q[start : start + size].float(), k[start : start + size].float()
             total = torch.zeros(size, dtype=torch.float32, device=hidden.device)
-            for head in range(qi.shape[1]):  # one head at a time keeps memory at size^2
-                probs = ((qi[:, head] @ ki[:, head].T) * attn.scaling).softmax(dim=-1)
-                total += probs.mean(dim=0)
+            # one head and at most ATTENTION_CHUNK scores at a time: memory stays linear in the image's patches
+            rows = max(1, ATTENTION_CHUNK // size)
+            for head in range(qi.shape[1]):
+                if rows >= size:
+                    probs = ((qi[:, head] @ ki[:, head].T) * attn.scaling).softmax(dim=-1)
+                    total += probs.mean(dim=0)
+                    continue
+                received_by = torch.zeros(size, dtype=torch.float32, device=hidden.device)
+                for first in range(0, size, rows):
+                    scores = qi[first : first + rows, head] @ ki[:, head].T
+                    received_by += (scores * attn.scaling).softmax(dim=-1).sum(dim=0)
+                total += received_by / size
             received[start : start + size] = total / qi.shape[1]
             start += size
         per_token = self._units(received).sum(dim=1)

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import platform
+import sys
 from pathlib import Path
 
 from ..cli import parse_budget
@@ -92,10 +93,15 @@ def main(args: argparse.Namespace) -> int:
             f"synthetic {args.synthetic} ({args.layers} decoder layers, {args.vision_layers} vision layers)"
         )
     else:
-        model, processor = models.load(args.model, dtype=dtype, device=device)
-        from PIL import Image
+        from ..errors import InvalidImageError
+        from ..images import load_image
 
-        image = Image.open(args.image).convert("RGB") if args.image else models.example_scenes()[0]
+        try:
+            image = load_image(args.image) if args.image else models.example_scenes()[0]
+        except InvalidImageError as err:
+            print(f"vlmc bench: --image: {err}", file=sys.stderr)
+            return 2
+        model, processor = models.load(args.model, dtype=dtype, device=device)
         inputs = models.prompt_inputs(processor, image, args.question, device=device, dtype=dtype)
         source = args.model
     variants = [runner.Variant(m, b) for m in methods for b in budgets]

@@ -330,7 +330,21 @@ def chat_prompt(processor: Any, question: str) -> str:
 
 
 def prompt_inputs(processor: Any, image: Any, question: str, device: Any = "cpu", dtype: Any = None) -> dict:
-    """Processor outputs for one image and one question, on ``device`` (floating inputs cast to ``dtype``)."""
+    """Processor outputs for one image and one question, on ``device`` (floating inputs cast to ``dtype``).
+
+    The prompt template puts the one image placeholder; a question that holds another raises
+    :class:`~vlm_compress.errors.InputMismatchError` (the prompt would hold more placeholders than images).
+    """
+    marker = getattr(processor, "image_token", None) or getattr(processor, "image_marker", None) or "<image>"
+    if isinstance(marker, str) and marker in question:
+        from ..errors import InputMismatchError
+
+        count = question.count(marker)
+        raise InputMismatchError(
+            f"the question holds {count} image placeholder(s) {marker!r}, so the prompt would hold {count + 1} "
+            f"placeholders for 1 image; the prompt template adds the one placeholder itself: remove {marker!r} "
+            "from the question"
+        )
     inputs = processor(images=[image], text=[chat_prompt(processor, question)], return_tensors="pt")
     out = {}
     for key, value in dict(inputs).items():

@@ -325,18 +325,21 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
-def word_tokenizer(words: list[str]):
+def word_tokenizer(words: list[str], special_tokens: dict[str, int] | None = None):
     """A word-level ``PreTrainedTokenizerFast`` for the tiny models: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3,
-    the words from 4 on, ``<image>`` = the tiny models' image token id."""
+    the words from 4 on, ``<image>`` = the tiny models' image token id (or the given ``special_tokens``, each
+    ``token -> id`` at the top of the vocabulary)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
+    special_tokens = special_tokens or {"<image>": TINY_IMAGE_TOKEN_ID}
+    first_special = min(special_tokens.values())
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
     for word in words:
-        if len(vocab) >= TINY_IMAGE_TOKEN_ID:
-            raise ValueError(f"word_tokenizer: at most {TINY_IMAGE_TOKEN_ID - 4} words fit the tiny vocabulary")
+        if len(vocab) >= first_special:
+            raise ValueError(f"word_tokenizer: at most {first_special - 4} words fit the tiny vocabulary")
         vocab.setdefault(word, len(vocab))
-    vocab["<image>"] = TINY_IMAGE_TOKEN_ID
+    vocab.update(special_tokens)
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
@@ -345,7 +348,7 @@ def word_tokenizer(words: list[str]):
         eos_token="</s>",
         pad_token="<pad>",
         unk_token="<unk>",
-        additional_special_tokens=["<image>"],
+        additional_special_tokens=list(special_tokens),
     )
 
 
@@ -365,3 +368,62 @@ def tiny_processor(model, words: list[str] | None = None):
         num_additional_image_tokens=1,
         chat_template=TINY_CHAT_TEMPLATE,
     )
+
+
+#: the Qwen2-VL special tokens of the tiny Qwen models, at the ids their configs use
+TINY_QWEN_SPECIALS = {
+    "<|vision_start|>": TINY_QWEN_TOKENS["vision_start_token_id"],
+    "<|vision_end|>": TINY_QWEN_TOKENS["vision_end_token_id"],
+    "<|video_pad|>": TINY_QWEN_TOKENS["video_token_id"],
+    "<|image_pad|>": TINY_IMAGE_TOKEN_ID,
+}
+
+#: Qwen2-VL's chat layout for the tiny models: "USER: <|vision_start|><|image_pad|><|vision_end|> question ASSISTANT:"
+TINY_QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|> "
+    "{% else %}{{ part['text'] }} {% endif %}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def tiny_qwen_processor(
+    model, words: list[str] | None = None, *, min_pixels: int = 32 * 32, max_pixels: int = 64 * 64
+):
+    """A real ``Qwen2VLProcessor`` for :func:`build_tiny`'s Qwen2-VL / Qwen2.5-VL (PIL image processor with the tiny
+    tower's 4-px patches, word-level tokenizer with the Qwen special tokens at the tiny ids).
+
+    Images are resized (``smart_resize``) so their pixel count lies in ``[min_pixels, max_pixels]``, in multiples
+    of 8 px (patch 4 x merge 2): the defaults give 8x8 to 16x16 patches, 16 to 64 visual tokens per image.
+    """
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    vision = model.config.vision_config
+    tokenizer = word_tokenizer(
+        ["USER:", "ASSISTANT:", *(words or [f"w{i}" for i in range(200)])], special_tokens=TINY_QWEN_SPECIALS
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=vision.patch_size,
+        temporal_patch_size=vision.temporal_patch_size,
+        merge_size=vision.spatial_merge_size,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+    )
+    processor_class = _image_only_qwen_processor_class()
+    return processor_class(image_processor, tokenizer, chat_template=TINY_QWEN_CHAT_TEMPLATE)
+
+
+def _image_only_qwen_processor_class():
+    """``Qwen2VLProcessor`` without its video processor: the video one needs torchvision, which the core
+    environment cannot have beside its CPU torch (images are processed exactly as by the full processor)."""
+    from transformers import ProcessorMixin, Qwen2VLProcessor
+
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+            self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    return ImageOnlyQwen2VLProcessor

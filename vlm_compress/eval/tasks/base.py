@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -38,17 +37,18 @@ class EvalSample:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def load_image(self) -> Image.Image:
-        """The image as an RGB PIL image."""
+        """The image as an RGB PIL image; a missing, corrupt, truncated or oversized file raises an
+        :class:`~vlm_compress.errors.InvalidImageError` that names the sample and the file."""
+        from ...images import load_image
+
         image = self.image
-        if isinstance(image, bytes):
-            image = Image.open(io.BytesIO(image))
-        elif isinstance(image, (str, Path)):
-            path = Path(image)
-            if not path.is_file():
-                raise FileNotFoundError(f"sample {self.id}: image file {path} does not exist")
-            image = Image.open(path)
-        image.load()
-        return image.convert("RGB")
+        if isinstance(image, (str, Path)):
+            name = f"sample {self.id}: image file {str(image)!r}"
+        elif isinstance(image, (bytes, bytearray)):
+            name = f"sample {self.id}: image data ({len(image)} bytes)"
+        else:
+            name = f"sample {self.id}: image"
+        return load_image(image, name=name)
 
 
 @dataclass(frozen=True)
