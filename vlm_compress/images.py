@@ -117,7 +117,7 @@ def load_image(source: ImageSource, *, max_pixels: int | None = None, name: str 
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise InvalidImageError(
             f"{what} is truncated or corrupt ({image.format} header of {image.width}x{image.height}, but its "
-            f"pixel data cannot be decoded: {err}); pass a complete {ALLOWED}"
+            f"pixel data cannot be decoded: {err}); pass the complete file, {ALLOWED}"
         ) from None
     return _to_rgb(image, what)
 

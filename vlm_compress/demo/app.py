@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 import vlm_compress as vlmc
 
-from .. import viz
+from .. import images, viz
 from ..adapters.cache_compat import output_cache
 from ..bench.measure import LanguageModelTimer, cache_bytes
 from ..bench.models import prompt_inputs
+from ..errors import InvalidImageError
 
 # fields every method has; the others are shown as editable hyper-parameters
 _COMMON_FIELDS = ("budget", "order")
@@ -84,34 +85,15 @@ def load_image(value: Any, *, max_side: int = 1024) -> tuple[Image.Image, list[s
         value = value["path"]
     if hasattr(value, "name") and not isinstance(value, (str, Path, Image.Image)):
         value = value.name
+    if isinstance(value, np.ndarray):
+        value = Image.fromarray(value.astype(np.uint8))
+    if not isinstance(value, (str, Path, bytes, bytearray, Image.Image)):
+        raise DemoInputError(f"Expected an image, got {type(value).__name__}.")
+    label = repr(Path(value).name) if isinstance(value, (str, Path)) else "The upload"
     try:
-        if isinstance(value, Image.Image):
-            image = value
-        elif isinstance(value, np.ndarray):
-            image = Image.fromarray(value.astype(np.uint8))
-        elif isinstance(value, (bytes, bytearray)):
-            if not value:
-                raise DemoInputError("The uploaded file is empty.")
-            image = Image.open(io.BytesIO(value))
-        elif isinstance(value, (str, Path)):
-            path = Path(value)
-            if not path.is_file():
-                raise DemoInputError(f"No such file: {path.name}")
-            if path.stat().st_size == 0:
-                raise DemoInputError(f"The uploaded file {path.name!r} is empty.")
-            image = Image.open(path)
-        else:
-            raise DemoInputError(f"Expected an image, got {type(value).__name__}.")
-        image.load()
-    except DemoInputError:
-        raise
-    except Image.DecompressionBombError:
-        raise DemoInputError("The image is too large to open safely (more than ~180 megapixels).") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        name = Path(value).name if isinstance(value, (str, Path)) else "the upload"
-        raise DemoInputError(f"{name!r} is not an image this demo can read (PNG, JPEG, WebP, ...).") from None
-    if image.width == 0 or image.height == 0:
-        raise DemoInputError("The image has no pixels.")
+        image = images.load_image(value, name=label)
+    except InvalidImageError as err:  # the library's message names the file and what is allowed
+        raise DemoInputError(f"{str(err)[0].upper()}{str(err)[1:]}.") from None
     if max(image.size) > max_side:
         before = image.size
         image = image.copy()
