@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from vlm_compress import zoo
-from vlm_compress.zoo import guided, shapes
 from vlm_compress.zoo import model as zoo_model
+from vlm_compress.zoo import shapes
 from vlm_compress.zoo import train as zoo_train
+from vlm_compress.zoo.train import losses as guided
+from vlm_compress.zoo.train import recipes
 
 TINY = zoo_model.ModelDims(
     image_size=64,
@@ -257,7 +259,7 @@ def test_vision_pretraining_steps_lower_the_probe_loss():
     images, targets = next(zoo_train.vision_batches(0, 0, 4, TINY.image_size, TINY.patch_size))
     assert targets["colour"].shape == (4, (TINY.image_size // TINY.patch_size) ** 2)
     losses = _losses_of_repeated_steps(
-        zoo_train._trainable(model, "vision") + list(probe.parameters()),
+        recipes._trainable(model, "vision") + list(probe.parameters()),
         lambda: zoo_train.vision_loss(model, probe, images, targets, TINY.image_size),
     )
     assert losses[-1] < 0.8 * losses[0]
@@ -268,7 +270,7 @@ def test_vision_pretraining_steps_lower_the_probe_loss():
 
 def test_answer_stage_freezes_the_vision_tower():
     model = zoo_model.build_model(TINY)
-    params = zoo_train._trainable(model, "answers")
+    params = recipes._trainable(model, "answers")
     vision = list(model.model.vision_tower.parameters())
     assert not any(p.requires_grad for p in vision)
     assert {id(p) for p in params}.isdisjoint(id(p) for p in vision)
@@ -279,7 +281,7 @@ def test_answer_stage_freezes_the_vision_tower():
     assert all(p.grad is None for p in vision)
     assert all(p.grad is not None for p in model.model.multi_modal_projector.parameters())
     # without stage 1 (the shipped recipe) every weight trains, the vision tower included
-    everything = zoo_train._trainable(model, "answers", freeze_vision=False)
+    everything = recipes._trainable(model, "answers", freeze_vision=False)
     assert len(everything) == len(list(model.parameters())) and all(p.requires_grad for p in vision)
 
 

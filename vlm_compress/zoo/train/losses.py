@@ -24,6 +24,13 @@ The image comes before the question, so the language model's states over ``<s> U
 the question: each image's prefix runs once (vision tower, projector, language model; its KV cache stays in the
 autograd graph) and all its questions run on top of the cache. With every token kept and zero weights the loss
 is exactly the mean answer cross-entropy of the separate (image, question) sequences (tested).
+
+This room holds every loss the training run minimises: the answering stage's :func:`guided_loss` with the weights
+of its terms (:class:`Guidance`), and the vision stage's :func:`vision_loss`, with the probe, the read-out, the
+token dropout and the reference masks they use.
+
+May import: torch, :mod:`vlm_compress.adapters.cache_compat`, :mod:`vlm_compress.zoo.model` and
+:mod:`vlm_compress.zoo.shapes`; no other training room.
 """
 
 from __future__ import annotations
@@ -33,9 +40,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..adapters.cache_compat import cache_keyword, output_cache
-from . import model as zoo_model
-from . import shapes
+from ...adapters.cache_compat import cache_keyword, output_cache
+from .. import model as zoo_model
+from .. import shapes
 
 # Targets read out on object patches only (colour and the centre flag are read everywhere: background is a class).
 OBJECT_TARGETS = tuple(name for name in shapes.PATCH_TARGETS if name not in ("colour", "centre"))
@@ -285,3 +292,12 @@ def guided_loss(
         loss = loss + guidance.reference_weight * reference
         parts["reference"] = reference.item()
     return loss, parts
+
+
+def vision_loss(
+    model, probe: PatchProbe, images, targets: dict[str, torch.Tensor], image_size: int, centre_weight=3.0
+):
+    """Stage-1 loss: :func:`readout_loss` of the probe on the vision tower's patch tokens."""
+    device = next(model.parameters()).device
+    tokens = patch_tokens(model, zoo_model.pixel_values(images, image_size).to(device))
+    return readout_loss(probe, tokens, {k: v.to(device) for k, v in targets.items()}, centre_weight)
