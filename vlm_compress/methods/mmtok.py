@@ -145,26 +145,26 @@ class MMTok(Method):
     def _is_qwen(ctx: VisualContext) -> bool:
         return ctx.model_type in QWEN_MODEL_TYPES
 
+    def _family_default(self, ctx: VisualContext, field_name: str, *, llava: object, qwen: object) -> object:
+        value = getattr(self, field_name)
+        if value is not None:
+            return value
+        return qwen if self._is_qwen(ctx) else llava
+
     def resolved_tv_temperature(self, ctx: VisualContext) -> float:
-        if self.tv_temperature is not None:
-            return self.tv_temperature
         # Qwen: mmtok/qwen/qwen2_5_vl_mmtok.py, mmtok_qwen2_5_vl(): softmax_tv_temperature=0.01;
         # LLaVA: mmtok/llava/llava_inject.py, mmtok(): softmax_tv_temperature=0.02
-        return 0.01 if self._is_qwen(ctx) else 0.02
+        return self._family_default(ctx, "tv_temperature", llava=0.02, qwen=0.01)
 
     def resolved_text_source(self, ctx: VisualContext) -> str:
-        if self.text_source is not None:
-            return self.text_source
         # Qwen: mmtok/core/mmtok_core.py, MMTokCore.apply_selection_preprocess_qwen(): f"Question: {q}", keyword
         # extraction only with clean_text (never set); LLaVA: MMTokCore.apply_selection(): extract_keywords_simple
-        return "question" if self._is_qwen(ctx) else "keywords"
+        return self._family_default(ctx, "text_source", llava="keywords", qwen="question")
 
     def resolved_vision_pooling(self, ctx: VisualContext) -> str:
-        if self.vision_pooling is not None:
-            return self.vision_pooling
         # Qwen: mmtok/qwen/modeling_qwen2_5_vl_mmtok.py, Qwen2_5_VisionTransformerPretrainedModel_MMTok.forward():
         # img_features.reshape(seq_len // 4, 4, -1).mean(dim=1), the last block's output before the merger
-        return "mean" if self._is_qwen(ctx) else "concat"
+        return self._family_default(ctx, "vision_pooling", llava="concat", qwen="mean")
 
     # -- the two target sets -----------------------------------------------------------------------------
     def text_tokens(self, ctx: VisualContext) -> torch.Tensor:

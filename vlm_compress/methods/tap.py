@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
@@ -52,11 +51,11 @@ class TAP(Method):
     scale_source: str = "auto"
     metric: str = "vision"
 
-    name: ClassVar[str] = "tap"
-    description: ClassVar[str] = "token-aware average pooling into budget regions, finest where detail is"
-    paper: ClassVar[str] = "Guo et al., Robustifying Token Attention for Vision Transformers, ICCV 2023"
+    name = "tap"
+    description = "token-aware average pooling into budget regions, finest where detail is"
+    paper = "Guo et al., Robustifying Token Attention for Vision Transformers, ICCV 2023"
     #: our adaptation: the official TAP code (guoyongcs/TAPADL) never shortens a sequence
-    default_position_ids: ClassVar[str] = "original"
+    default_position_ids = "original"
 
     def __post_init__(self) -> None:
         super().__post_init__()
