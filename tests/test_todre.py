@@ -121,3 +121,15 @@ def test_full_budget_turns_both_stages_off():
     reference = model(**inputs).logits
     with vlmc.compress(model, "todre", budget=1.0):
         assert torch.equal(model(**inputs).logits, reference)
+
+
+def test_a_full_budget_turns_stage_two_off_per_image():
+    # Method.prune keeps every column of an image whose own budget keeps all its tokens; the others are pruned
+    model = build_tiny("llava", seed=9, num_hidden_layers=6)
+    inputs = tiny_inputs(model, [1, 1], seed=10)
+    n = int((inputs["input_ids"][0] == TINY_IMAGE_TOKEN_ID).sum())
+    with vlmc.compress(model, ToDRE(budget=[1.0, 40], migration_layer=4)) as run:
+        model(**inputs)
+    full, reduced = (record.info["llm_kept"] for record in run.report.images)
+    assert full == {2: n, 4: n}
+    assert reduced == {2: 20, 4: 0}

@@ -9,6 +9,7 @@ from .globalcom2 import (
     solve_retention_ratio,
     thumbnail_prior_per_crop,
 )
+from .in_llm import keep_top_attended
 from .k_center import k_center
 from .max_sum import max_sum_diversification
 from .merging import bipartite_soft_matching, merge_by_groups
@@ -27,6 +28,7 @@ __all__ = [
     "crop_retention_ratios",
     "greedy_coverage",
     "k_center",
+    "keep_top_attended",
     "max_sum_diversification",
     "mmtok_coverage",
     "merge_by_groups",

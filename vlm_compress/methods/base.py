@@ -4,7 +4,11 @@ A method is a small ``@dataclass`` whose fields are its hyper-parameters (named 
 image at a time through a :class:`~vlm_compress.context.VisualContext` and returns a
 :class:`~vlm_compress.selection.Selection`. Score-then-top-k methods implement :meth:`Method.score`; greedy or
 structured methods implement :meth:`Method.select`. Methods that also prune inside the language model
-(stage 2) implement ``prune`` (see :class:`~vlm_compress.context.LayerContext`).
+(stage 2) implement :meth:`Method.prune_layers` and :meth:`Method.prune_visual` (see
+:class:`~vlm_compress.context.LayerContext`); :meth:`Method.prune` keeps every column of an image whose budget
+keeps all its tokens, so a full budget turns stage 2 off in every method.
+
+Hyper-parameters are checked in ``__post_init__`` with :mod:`vlm_compress.methods.validate`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ..context import LayerContext, VisualContext
 from ..errors import BudgetError
 from ..functional import topk_indices
 from ..selection import ORDERS, POSITION_POLICIES, Selection
+from .validate import check_choice
 
 Budget = int | float | Sequence[int | float]
 #: ``default_position_ids`` of methods whose official code is built on LLaVA's ``prepare_inputs_labels_for_multimodal``,
@@ -100,11 +105,13 @@ class Method:
     #: position ids its official code gives the shortened sequence (:data:`POSITION_POLICIES`): one policy, or
     #: one per ``config.model_type`` (families not listed: ``"original"``); ``"original"`` without official code
     default_position_ids: ClassVar[str | Mapping[str, str]] = "original"
+    #: ``budget=None`` is allowed: the method then sizes its selection by its own rule (GlobalCom²'s ratio)
+    budget_optional: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        check_budget(self.budget)
-        if self.order not in ORDERS:
-            raise ValueError(f"{self.name}: order must be one of {ORDERS}, got {self.order!r}")
+        if self.budget is not None or not self.budget_optional:
+            check_budget(self.budget)
+        check_choice(self.name, "order", self.order, ORDERS)
 
     # -- to override -----------------------------------------------------------------------------------
     def score(self, ctx: VisualContext) -> torch.Tensor:
@@ -125,8 +132,19 @@ class Method:
     def prune(self, ctx: LayerContext) -> torch.Tensor:
         """``[B, L]`` bool: which visual columns survive into ``ctx.layer`` and later layers.
 
-        Text columns are always kept; the value at non-visual columns is ignored.
+        Text columns are always kept; the value at non-visual columns is ignored. An image whose budget keeps
+        every one of its tokens (:meth:`full_budget`) keeps every column: a full budget turns stage 2 off, so
+        it is exactly the unpatched model. The other images are decided by :meth:`prune_visual`, the method to
+        override (overriding ``prune`` itself opts out of the rule).
         """
+        keep = self.prune_visual(ctx)
+        full = [image for image, n in enumerate(ctx.tokens_before) if self.full_budget(n, image)]
+        if not full or keep.dtype != torch.bool or keep.shape != ctx.image_of.shape:
+            return keep  # nothing to add, or a wrong result the caller reports as it is
+        return keep | torch.isin(ctx.image_of, torch.tensor(full, device=ctx.image_of.device))
+
+    def prune_visual(self, ctx: LayerContext) -> torch.Tensor:
+        """``[B, L]`` bool, as :meth:`prune` returns, for the images it leaves to the method; keeps all by default."""
         return ctx.visual
 
     # -- helpers ---------------------------------------------------------------------------------------
@@ -145,8 +163,13 @@ class Method:
     def num_to_keep(self, ctx: VisualContext) -> int:
         return resolve_budget(self.budget, ctx.num_tokens, ctx.image_index)
 
-    def keeps_everything(self, ctx: VisualContext) -> bool:
-        return self.num_to_keep(ctx) == ctx.num_tokens
+    def full_budget(self, num_tokens: int, image_index: int = 0) -> bool:
+        """Whether ``budget`` keeps every one of the ``num_tokens`` tokens of image ``image_index``."""
+        return resolve_budget(self.budget, num_tokens, image_index) == num_tokens
+
+    def keep_all(self, ctx: VisualContext, scores: torch.Tensor | None = None) -> Selection:
+        """Every token in its original order: what a full budget selects (the adapter then changes nothing)."""
+        return Selection(kept_indices=torch.arange(ctx.num_tokens, device=ctx.features.device), scores=scores)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

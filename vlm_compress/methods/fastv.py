@@ -10,25 +10,10 @@ from dataclasses import dataclass
 import torch
 
 from ..context import LayerContext, VisualContext
+from ..functional import keep_top_attended
 from ..selection import Selection
 from .base import Method, resolve_budget
-
-
-def keep_top_attended(ctx: LayerContext, keep_count) -> torch.Tensor:
-    """``[B, L]`` bool: per image, the ``keep_count(image, n)`` visual columns with the highest attention.
-
-    ``keep_count(image, n)`` gets the image index and its visual columns at this layer, returns how many to keep.
-    Ties go to the earlier column.
-    """
-    keep = torch.zeros_like(ctx.visual)
-    for row, image in ctx.images():
-        columns = ctx.image_columns(row, image)
-        k = min(columns.numel(), keep_count(image, columns.numel()))
-        if k <= 0:
-            continue
-        order = torch.sort(ctx.attention[row, columns].float(), descending=True, stable=True).indices[:k]
-        keep[row, columns[order]] = True
-    return keep
+from .validate import check_int
 
 
 @dataclass
@@ -45,7 +30,9 @@ class FastV(Method):
     prune_layer: int = 2
 
     name = "fastv"
-    description = "in-LLM baseline: after layer K keep the visual tokens the last token attends to most (FastV)"
+    description = (
+        "in-LLM baseline: after layer K keep the visual tokens the last token attends to most (FastV)"
+    )
     paper = "https://arxiv.org/abs/2403.06764"
     #: official code (pkunlp-icler/FastV, its llava-hf ``modeling_llama.py``): ``position_ids = keep_indexs``,
     #: the kept columns' original ids (the in-LLM pruner always keeps those; the input is not shortened)
@@ -53,17 +40,18 @@ class FastV(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.prune_layer, bool) or not isinstance(self.prune_layer, int) or self.prune_layer < 1:
-            raise ValueError(f"fastv: prune_layer must be an int >= 1 (the paper uses 2), got {self.prune_layer!r}")
+        check_int(self.name, "prune_layer", self.prune_layer, minimum=1, note=" (the paper uses 2)")
 
     def select(self, ctx: VisualContext) -> Selection:
         self.num_to_keep(ctx)  # validate the budget against this image now, not deep inside the model
-        return Selection(kept_indices=torch.arange(ctx.num_tokens, device=ctx.features.device))
+        return self.keep_all(ctx)
 
     def prune_layers(self, num_layers: int) -> list[int]:
         return [self.prune_layer]
 
-    def prune(self, ctx: LayerContext) -> torch.Tensor:
+    def prune_visual(self, ctx: LayerContext) -> torch.Tensor:
         return keep_top_attended(
-            ctx, lambda image, n: resolve_budget(self.budget, ctx.tokens_before[image], image)
+            ctx.attention,
+            ctx.image_of,
+            lambda image, n: resolve_budget(self.budget, ctx.tokens_before[image], image),
         )

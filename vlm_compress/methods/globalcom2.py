@@ -19,8 +19,9 @@ from ..functional.globalcom2 import (
     thumbnail_keep_count,
     thumbnail_prior_per_crop,
 )
-from ..selection import ORDERS, Selection
-from .base import CONTIGUOUS_ON_LLAVA, Budget, Method, check_budget, resolve_budget
+from ..selection import Selection
+from .base import CONTIGUOUS_ON_LLAVA, Budget, Method, resolve_budget
+from .validate import check_number
 
 
 @dataclass
@@ -70,20 +71,21 @@ class GlobalCom2(Method):
     #: official code (xuyang-liu16/GlobalCom2, ``llava/model/llava_arch.py``): the shortened sequence is numbered
     #: ``0..L'-1``; it has no Qwen code
     default_position_ids = CONTIGUOUS_ON_LLAVA
+    #: ``budget=None``: ``retention_ratio`` decides
+    budget_optional = True
 
     def __post_init__(self) -> None:
-        if self.budget is not None:
-            check_budget(self.budget)
-        if self.order not in ORDERS:
-            raise ValueError(f"{self.name}: order must be one of {ORDERS}, got {self.order!r}")
-        ratio = self.retention_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
-            raise BudgetError(
-                f"{self.name}: retention_ratio must lie in (0, 1] (the paper uses 0.25), got {ratio!r}"
-            )
-        temperature = self.temperature
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"{self.name}: temperature must be > 0 (the paper uses 10), got {temperature!r}")
+        super().__post_init__()
+        check_number(
+            self.name,
+            "retention_ratio",
+            self.retention_ratio,
+            above=0,
+            at_most=1,
+            note=" (the paper uses 0.25)",
+            error=BudgetError,
+        )
+        check_number(self.name, "temperature", self.temperature, above=0, note=" (the paper uses 10)")
 
     def num_to_keep(self, ctx: VisualContext) -> int:
         if self.budget is None:

@@ -15,6 +15,7 @@ from ..context import VisualContext
 from ..functional import mmtok_coverage
 from ..selection import Selection
 from .base import CONTIGUOUS_ON_LLAVA, Method
+from .validate import check_choice, check_number
 
 #: benchmark prompt suffixes the official text processor removes before extracting keywords
 PROMPT_SUFFIXES = (
@@ -125,48 +126,45 @@ class MMTok(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.alpha < 0:
-            raise ValueError(f"mmtok: alpha must be >= 0, got {self.alpha}")
+        check_number(self.name, "alpha", self.alpha, at_least=0, typed=False)
         for field_name in ("tv_temperature", "vv_temperature"):
-            value = getattr(self, field_name)
-            if value is not None and not value > 0:
-                raise ValueError(
-                    f"mmtok: {field_name} must be > 0 (or None for the model's default), got {value}"
-                )
-        if self.text_source not in (None, *TEXT_SOURCES):
-            raise ValueError(
-                f"mmtok: text_source must be one of {TEXT_SOURCES} or None, got {self.text_source!r}"
+            check_number(
+                self.name,
+                field_name,
+                getattr(self, field_name),
+                above=0,
+                typed=False,
+                allow_none=True,
+                note=" (or None for the model's default)",
             )
-        if self.vision_pooling not in (None, *VISION_POOLINGS):
-            raise ValueError(
-                f"mmtok: vision_pooling must be one of {VISION_POOLINGS} or None, got {self.vision_pooling!r}"
-            )
+        check_choice(self.name, "text_source", self.text_source, TEXT_SOURCES, allow_none=True)
+        check_choice(self.name, "vision_pooling", self.vision_pooling, VISION_POOLINGS, allow_none=True)
 
     # -- the official per-family defaults ----------------------------------------------------------------
     @staticmethod
     def _is_qwen(ctx: VisualContext) -> bool:
         return ctx.model_type in QWEN_MODEL_TYPES
 
+    def _family_default(self, ctx: VisualContext, field_name: str, *, llava: object, qwen: object) -> object:
+        value = getattr(self, field_name)
+        if value is not None:
+            return value
+        return qwen if self._is_qwen(ctx) else llava
+
     def resolved_tv_temperature(self, ctx: VisualContext) -> float:
-        if self.tv_temperature is not None:
-            return self.tv_temperature
         # Qwen: mmtok/qwen/qwen2_5_vl_mmtok.py, mmtok_qwen2_5_vl(): softmax_tv_temperature=0.01;
         # LLaVA: mmtok/llava/llava_inject.py, mmtok(): softmax_tv_temperature=0.02
-        return 0.01 if self._is_qwen(ctx) else 0.02
+        return self._family_default(ctx, "tv_temperature", llava=0.02, qwen=0.01)
 
     def resolved_text_source(self, ctx: VisualContext) -> str:
-        if self.text_source is not None:
-            return self.text_source
         # Qwen: mmtok/core/mmtok_core.py, MMTokCore.apply_selection_preprocess_qwen(): f"Question: {q}", keyword
         # extraction only with clean_text (never set); LLaVA: MMTokCore.apply_selection(): extract_keywords_simple
-        return "question" if self._is_qwen(ctx) else "keywords"
+        return self._family_default(ctx, "text_source", llava="keywords", qwen="question")
 
     def resolved_vision_pooling(self, ctx: VisualContext) -> str:
-        if self.vision_pooling is not None:
-            return self.vision_pooling
         # Qwen: mmtok/qwen/modeling_qwen2_5_vl_mmtok.py, Qwen2_5_VisionTransformerPretrainedModel_MMTok.forward():
         # img_features.reshape(seq_len // 4, 4, -1).mean(dim=1), the last block's output before the merger
-        return "mean" if self._is_qwen(ctx) else "concat"
+        return self._family_default(ctx, "vision_pooling", llava="concat", qwen="mean")
 
     # -- the two target sets -----------------------------------------------------------------------------
     def text_tokens(self, ctx: VisualContext) -> torch.Tensor:
@@ -195,7 +193,7 @@ class MMTok(Method):
     def select(self, ctx: VisualContext) -> Selection:
         k = self.num_to_keep(ctx)
         if k == ctx.num_tokens:
-            return Selection(kept_indices=torch.arange(k, device=ctx.features.device))
+            return self.keep_all(ctx)
         text, vision = self.text_tokens(ctx), self.vision_tokens(ctx)
         if self.per_subimage and ctx.thumbnail is not None and ctx.crops:
             return self._select_per_subimage(ctx, k, text, vision)
@@ -207,7 +205,13 @@ class MMTok(Method):
         return Selection(kept_indices=kept.to(ctx.features.device))
 
     def _coverage(
-        self, ctx: VisualContext, text: torch.Tensor, features: torch.Tensor, vision: torch.Tensor, k: int
+        self,
+        ctx: VisualContext,
+        text: torch.Tensor,
+        features: torch.Tensor,
+        vision: torch.Tensor,
+        k: int,
+        exclude: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return mmtok_coverage(
             text,
@@ -217,6 +221,7 @@ class MMTok(Method):
             alpha=self.alpha,
             tv_temperature=self.resolved_tv_temperature(ctx),
             vv_temperature=self.vv_temperature,
+            exclude=exclude,
         )
 
     def _select_per_subimage(
@@ -246,7 +251,9 @@ class MMTok(Method):
         content = torch.nonzero(~padding).flatten()
         info = {"padding_tokens": int(padding.sum())}
         if k <= content.numel():
-            kept = self._coverage_excluding(ctx, text, vision, k, torch.nonzero(padding).flatten())
+            kept = self._coverage(
+                ctx, text, ctx.features, vision, k, exclude=torch.nonzero(padding).flatten()
+            )
             return Selection(kept_indices=kept.to(ctx.features.device), info=info)
         pad = torch.nonzero(padding).flatten()
         fill = k - content.numel()
@@ -254,17 +261,3 @@ class MMTok(Method):
         info["padding_fill"] = fill
         kept = torch.cat([content, pad[local.to(pad.device)]]).sort().values
         return Selection(kept_indices=kept, info=info)
-
-    def _coverage_excluding(
-        self, ctx: VisualContext, text: torch.Tensor, vision: torch.Tensor, k: int, exclude: torch.Tensor
-    ) -> torch.Tensor:
-        return mmtok_coverage(
-            text,
-            ctx.features,
-            vision,
-            k,
-            alpha=self.alpha,
-            tv_temperature=self.resolved_tv_temperature(ctx),
-            vv_temperature=self.vv_temperature,
-            exclude=exclude,
-        )

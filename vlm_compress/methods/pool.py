@@ -27,7 +27,7 @@ class Pool(Method):
         k = self.num_to_keep(ctx)
         n = ctx.num_tokens
         if k == n:
-            return Selection(kept_indices=torch.arange(n, device=ctx.features.device))
+            return self.keep_all(ctx)
         if ctx.grid is not None:
             pooled, groups, centres = cell_average_pool(ctx.features, ctx.grid, k)
         else:

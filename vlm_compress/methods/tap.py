@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
@@ -17,8 +16,10 @@ from ..functional.tap import (
 )
 from ..selection import Selection
 from .base import Method
+from .validate import check_choice, check_int, check_number
 
 SCALE_SOURCES = ("auto", "similarity", "tap")
+METRICS = ("vision", "projected")
 TAP_SIGNAL = "tap_scale_weights"
 
 
@@ -50,24 +51,27 @@ class TAP(Method):
     scale_source: str = "auto"
     metric: str = "vision"
 
-    name: ClassVar[str] = "tap"
-    description: ClassVar[str] = "token-aware average pooling into budget regions, finest where detail is"
-    paper: ClassVar[str] = "Guo et al., Robustifying Token Attention for Vision Transformers, ICCV 2023"
+    name = "tap"
+    description = "token-aware average pooling into budget regions, finest where detail is"
+    paper = "Guo et al., Robustifying Token Attention for Vision Transformers, ICCV 2023"
     #: our adaptation: the official TAP code (guoyongcs/TAPADL) never shortens a sequence
-    default_position_ids: ClassVar[str] = "original"
+    default_position_ids = "original"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.num_scales, bool) or not isinstance(self.num_scales, int) or self.num_scales < 2:
-            raise ValueError(f"tap: num_scales must be an int >= 2, got {self.num_scales!r}")
-        if not -1.0 <= self.threshold <= 1.0:
-            raise ValueError(f"tap: threshold is a cosine similarity and must lie in [-1, 1], got {self.threshold}")
-        if not self.temperature > 0:
-            raise ValueError(f"tap: temperature must be > 0, got {self.temperature}")
-        if self.scale_source not in SCALE_SOURCES:
-            raise ValueError(f"tap: scale_source must be one of {SCALE_SOURCES}, got {self.scale_source!r}")
-        if self.metric not in ("vision", "projected"):
-            raise ValueError(f"tap: metric must be 'vision' or 'projected', got {self.metric!r}")
+        check_int(self.name, "num_scales", self.num_scales, minimum=2)
+        check_number(
+            self.name,
+            "threshold",
+            self.threshold,
+            at_least=-1,
+            at_most=1,
+            typed=False,
+            expected="is a cosine similarity and must lie in [-1, 1]",
+        )
+        check_number(self.name, "temperature", self.temperature, above=0, typed=False)
+        check_choice(self.name, "scale_source", self.scale_source, SCALE_SOURCES)
+        check_choice(self.name, "metric", self.metric, METRICS, expected="'vision' or 'projected'")
 
     def scale_weights(self, ctx: VisualContext, grid: tuple[int, int]) -> tuple[torch.Tensor, str]:
         """``[N, K]`` weights over the dilations of every token, and where they came from."""
@@ -85,7 +89,7 @@ class TAP(Method):
     def select(self, ctx: VisualContext) -> Selection:
         k, n = self.num_to_keep(ctx), ctx.num_tokens
         if k == n:
-            return Selection(kept_indices=torch.arange(n, device=ctx.features.device))
+            return self.keep_all(ctx)
         grid = ctx.grid or (1, n)  # no grid: a 1-D sequence of tokens
         weights, source = self.scale_weights(ctx, grid)
         radius = preferred_dilation(weights)

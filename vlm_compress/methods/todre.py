@@ -19,16 +19,13 @@ from dataclasses import dataclass
 import torch
 
 from ..context import LayerContext, VisualContext
-from ..functional import k_center, max_sum_diversification
+from ..functional import k_center, keep_top_attended, max_sum_diversification
 from ..selection import Selection
-from .base import Budget, Method, resolve_budget
-from .fastv import keep_top_attended
+from .base import Budget, Method
+from .validate import check_choice, check_int, check_number, is_int
 
 DIVERSITY = ("k_center", "max_sum")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+FEATURE_SPACES = ("vision", "projected")
 
 
 @dataclass
@@ -79,19 +76,14 @@ class ToDRE(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.diversity not in DIVERSITY:
-            raise ValueError(f"todre: diversity must be one of {DIVERSITY}, got {self.diversity!r}")
-        if self.feature_space not in ("vision", "projected"):
-            raise ValueError(
-                f"todre: feature_space must be 'vision' or 'projected', got {self.feature_space!r}"
-            )
-        if not _is_int(self.relevance_layer) or self.relevance_layer < 1:
-            raise ValueError(f"todre: relevance_layer must be an int >= 1, got {self.relevance_layer!r}")
-        keep = self.relevance_keep
-        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < keep <= 1.0:
-            raise ValueError(f"todre: relevance_keep must lie in (0, 1], got {keep!r}")
+        check_choice(self.name, "diversity", self.diversity, DIVERSITY)
+        check_choice(
+            self.name, "feature_space", self.feature_space, FEATURE_SPACES, expected="'vision' or 'projected'"
+        )
+        check_int(self.name, "relevance_layer", self.relevance_layer, minimum=1)
+        check_number(self.name, "relevance_keep", self.relevance_keep, above=0, at_most=1)
         layer = self.migration_layer
-        if _is_int(layer):
+        if is_int(layer):
             if layer <= self.relevance_layer:
                 raise ValueError(
                     f"todre: migration_layer {layer} must come after relevance_layer {self.relevance_layer} "
@@ -108,7 +100,7 @@ class ToDRE(Method):
         k = self.num_to_keep(ctx)
         scores = ctx.cls_attention
         if k == ctx.num_tokens:
-            return Selection(kept_indices=torch.arange(k, device=ctx.features.device), scores=scores)
+            return self.keep_all(ctx, scores)
         features = ctx.vision_features if self.feature_space == "vision" else ctx.features
         pivot = int(torch.argmax(scores))
         if self.diversity == "max_sum":
@@ -120,7 +112,7 @@ class ToDRE(Method):
     # -- stage 2 (schedule: our assumption, see the module docstring) ------------------------------------
     def resolved_migration_layer(self, num_layers: int) -> int | None:
         layer = self.migration_layer
-        if _is_int(layer):
+        if is_int(layer):
             if layer >= num_layers:
                 raise ValueError(
                     f"todre: migration_layer {layer} must lie before the last of this language model's "
@@ -134,20 +126,9 @@ class ToDRE(Method):
         migration = self.resolved_migration_layer(num_layers)
         return [self.relevance_layer] + ([migration] if migration is not None else [])
 
-    def _full_budget(self, ctx: LayerContext, image: int) -> bool:
-        n = ctx.tokens_before[image]
-        return resolve_budget(self.budget, n, image) == n
-
-    def prune(self, ctx: LayerContext) -> torch.Tensor:
+    def prune_visual(self, ctx: LayerContext) -> torch.Tensor:
         if ctx.layer == self.resolved_migration_layer(ctx.num_layers):
-            keep = torch.zeros_like(ctx.visual)
-            for row, image in ctx.images():
-                if self._full_budget(ctx, image):
-                    keep[row, ctx.image_columns(row, image)] = True
-            return keep
+            return torch.zeros_like(ctx.visual)
         return keep_top_attended(
-            ctx,
-            lambda image, n: (
-                n if self._full_budget(ctx, image) else max(1, math.ceil(self.relevance_keep * n))
-            ),
+            ctx.attention, ctx.image_of, lambda image, n: max(1, math.ceil(self.relevance_keep * n))
         )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..context import VisualContext
 from ..functional import bipartite_soft_matching, merge_by_groups
 from ..selection import Selection
 from .base import Method
+from .validate import check_choice
+
+METRICS = ("vision", "projected")
 
 
 @dataclass
@@ -50,13 +51,12 @@ class ToMe(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.metric not in ("vision", "projected"):
-            raise ValueError(f"tome: metric must be 'vision' or 'projected', got {self.metric!r}")
+        check_choice(self.name, "metric", self.metric, METRICS, expected="'vision' or 'projected'")
 
     def select(self, ctx: VisualContext) -> Selection:
         k = self.num_to_keep(ctx)
         if k == ctx.num_tokens:
-            return Selection(kept_indices=torch.arange(k, device=ctx.features.device))
+            return self.keep_all(ctx)
         metric = ctx.vision_features if self.metric == "vision" else ctx.features
         groups, representatives = bipartite_soft_matching(metric, k)
         return Selection(
