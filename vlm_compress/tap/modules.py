@@ -3,7 +3,9 @@
 From Guo et al., "Robustifying Token Attention for Vision Transformers" (ICCV 2023). :class:`TokenAwareAvgPool`
 replaces every token by a per-token mixture of ``K`` dilated average poolings of its neighbourhood before the
 attention branch of a block; :func:`attention_diversification_loss` pushes each query's attention away from the
-image's mean attention. To add TAP to a pretrained ViT see :func:`vlm_compress.adapters.vit_tap.insert_tap`.
+image's mean attention. To add TAP to a pretrained ViT see :func:`vlm_compress.tap.insert_tap`.
+
+Room: TAP. May import ``functional``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .functional.tap import dilated_avg_pool
+from ..functional.tap import dilated_avg_pool
 
 INITS = ("identity", "paper")
 
@@ -85,7 +87,8 @@ class TokenAwareAvgPool(nn.Module):
         if self.record_scales:
             self.last_scale_weights = weights.detach()
         mixed = sum(
-            dilated_avg_pool(image, d) * weights[..., d].unsqueeze(1).to(x.dtype) for d in range(self.num_scales)
+            dilated_avg_pool(image, d) * weights[..., d].unsqueeze(1).to(x.dtype)
+            for d in range(self.num_scales)
         )
         mixed = mixed.reshape(batch, channels, num_tokens).transpose(1, 2)
         if self.gate is None:
@@ -100,7 +103,9 @@ def square_grid(num_tokens: int) -> tuple[int, int]:
     return side, side
 
 
-def attention_diversification_loss(attentions: Sequence[torch.Tensor], threshold: float = 2.0) -> torch.Tensor:
+def attention_diversification_loss(
+    attentions: Sequence[torch.Tensor], threshold: float = 2.0
+) -> torch.Tensor:
     """ADL: mean cosine similarity between each query's attention and the image's mean attention.
 
     ``attentions``: per-layer ``[B, heads, N, N]`` softmax attentions (rows sum to 1). Per layer: average over
