@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vlm_compress.context import TokenRegion, VisualContext, _LazySignals
+from vlm_compress.context import Signals, TokenRegion, VisualContext
 from vlm_compress.errors import BudgetError
 from vlm_compress.functional import (
     combined_crop_scores,
@@ -101,7 +101,7 @@ def _region(indices, grid, logits, position=None, valid=None):
         grid=grid,
         position=position,
         valid=valid,
-        signals=_LazySignals({"cls_attention_logits": lambda: torch.tensor(logits)}),
+        signals=Signals({"cls_attention_logits": lambda: torch.tensor(logits)}),
     )
 
 
@@ -139,7 +139,7 @@ def test_budget_is_met_and_full_budget_keeps_everything():
 def test_without_crops_the_thumbnail_rule_applies_and_says_so():
     ctx = VisualContext(
         features=torch.randn(8, 4),
-        signals=_LazySignals(
+        signals=Signals(
             {"cls_attention": lambda: torch.tensor([0.1, 0.5, 0.0, 0.2, 0.05, 0.05, 0.1, 0.0])}
         ),
     )
@@ -232,7 +232,7 @@ def _salient_crop_context() -> tuple[VisualContext, torch.Tensor]:
             grid=(side, side),
             position=position,
             valid=valid,
-            signals=_LazySignals(
+            signals=Signals(
                 {"cls_attention": lambda: scores.softmax(0), "cls_attention_logits": lambda: scores}
             ),
         )

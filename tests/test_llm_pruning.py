@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vlm_compress as vlmc
-from vlm_compress.adapters.cache_compat import cache_keyword, output_cache
+from vlm_compress.engine.cache_compat import cache_keyword, output_cache
 from vlm_compress.zoo.synthetic import TINY_IMAGE_TOKEN_ID, build_tiny, tiny_inputs
 
 from .helpers import LayerLengths, hook_state

@@ -256,9 +256,9 @@ def fake_context(model_type, question):
         "text_embeds": lambda: torch.randn(5, 8, generator=generator),
         "vision_features": lambda: torch.randn(12, 6, generator=generator),
     }
-    from vlm_compress.context import VisualContext, _LazySignals
+    from vlm_compress.context import Signals, VisualContext
 
-    return VisualContext(features=features, model_type=model_type, signals=_LazySignals(signals)), embedder
+    return VisualContext(features=features, model_type=model_type, signals=Signals(signals)), embedder
 
 
 def test_mmtok_text_is_the_whole_question_on_qwen_and_keywords_elsewhere():

@@ -9,12 +9,17 @@ import torch
 from torch import nn
 
 import vlm_compress as vlmc
-from vlm_compress.adapters.vit_tap import finetune_tap, insert_tap, recorded_scale_weights
-from vlm_compress.context import VisualContext, _LazySignals
+from vlm_compress.context import Signals, VisualContext
 from vlm_compress.errors import AlreadyPatchedError, MissingSignalError
 from vlm_compress.functional import dilated_avg_pool
 from vlm_compress.functional.tap import split_regions, token_aware_regions
-from vlm_compress.nn import TokenAwareAvgPool, attention_diversification_loss
+from vlm_compress.tap import (
+    TokenAwareAvgPool,
+    attention_diversification_loss,
+    finetune_tap,
+    insert_tap,
+    recorded_scale_weights,
+)
 
 from .helpers import hook_state
 
@@ -142,7 +147,7 @@ def test_regions_are_finest_where_tokens_ask_for_it():
 # -- the `tap` compressor -------------------------------------------------------------------------------
 def context(features, grid, **signals):
     signals.setdefault("vision_features", features)
-    return VisualContext(features=features, grid=grid, signals=_LazySignals({k: lambda v=v: v for k, v in signals.items()}))
+    return VisualContext(features=features, grid=grid, signals=Signals({k: lambda v=v: v for k, v in signals.items()}))
 
 
 def test_compressor_full_budget_is_identity():

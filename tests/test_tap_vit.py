@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlm_compress.adapters.vit_tap import finetune_tap, insert_tap
+from vlm_compress.tap import finetune_tap, insert_tap
 
 from .helpers import hook_state
 

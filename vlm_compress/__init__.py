@@ -12,7 +12,7 @@ import importlib
 from typing import Any
 
 from . import functional, methods
-from .context import LayerContext, TokenRegion, VisualContext
+from .context import LayerContext, Signals, TokenRegion, VisualContext
 from .errors import (
     AlreadyPatchedError,
     BudgetError,
@@ -47,6 +47,7 @@ __all__ = [
     "MissingSignalError",
     "Report",
     "Selection",
+    "Signals",
     "TokenRegion",
     "UnknownMethodError",
     "UnsupportedModelError",
@@ -70,8 +71,8 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # heavy optional parts load on first use
-    if name in ("zoo", "eval", "bench", "viz", "kernels", "nn", "images"):
+    if name in ("zoo", "eval", "bench", "viz", "kernels", "nn", "images", "tap"):
         return importlib.import_module(f".{name}", __name__)
     if name == "insert_tap":
-        return importlib.import_module(".adapters.vit_tap", __name__).insert_tap
+        return importlib.import_module(".tap", __name__).insert_tap
     raise AttributeError(f"module 'vlm_compress' has no attribute {name!r}")

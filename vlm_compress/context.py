@@ -30,22 +30,12 @@ import torch
 
 from .errors import MissingSignalError
 
-SIGNALS = (
-    "vision_features",
-    "cls_attention",
-    "cls_attention_logits",
-    "text_embeds",
-    "text_ids",
-    "prompt_text",
-    "question",
-    "text_embedder",
-    "padding_mask",
-    "patch_features",
-)
 
+class Signals:
+    """Named values computed on first access by adapter-provided callables, then cached.
 
-class _LazySignals:
-    """Named values computed on first access by adapter-provided callables, then cached."""
+    ``providers``: name -> zero-argument callable; ``owner`` names the image (or region) in error messages.
+    """
 
     def __init__(self, providers: dict[str, Callable[[], Any]] | None = None, *, owner: str = "this model"):
         self._providers = dict(providers or {})
@@ -82,7 +72,7 @@ class TokenRegion:
     grid: tuple[int, int]
     position: tuple[int, int] | None = None
     valid: torch.Tensor | None = None
-    signals: _LazySignals = field(default_factory=_LazySignals, repr=False)
+    signals: Signals = field(default_factory=Signals, repr=False)
 
     @property
     def cls_attention(self) -> torch.Tensor:
@@ -118,7 +108,7 @@ class VisualContext:
     thumbnail: TokenRegion | None = None
     crops: list[TokenRegion] | None = None
     model_type: str | None = None
-    signals: _LazySignals = field(default_factory=_LazySignals, repr=False)
+    signals: Signals = field(default_factory=Signals, repr=False)
 
     @property
     def num_tokens(self) -> int:

@@ -2,7 +2,11 @@
 
 One :class:`CompressionHandle` owns every replaced attribute and every hook handle it installs; ``remove()``
 puts them back in reverse order, also when the body of a ``with`` block raised. Nothing outside the instance
-(no class, no module of transformers) is ever touched.
+(no class, no module of transformers) is ever touched. The handle resolves the method and the position policy,
+picks the adapter and builds the engine's :class:`~vlm_compress.engine.session.Session`, which does the rest.
+
+Room: the public entry point. May import ``registry``, ``engine``, ``methods.base``, ``selection`` and
+``errors``; it never imports an adapter module (the registry does, lazily).
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from typing import Any
 
 from torch import nn
 
+from .engine import Session, UndoRecorder
+from .engine.options import PatchOptions
+from .engine.session import check_attention
 from .errors import AlreadyPatchedError, UnsupportedModelError
 from .methods.base import Method
 from .registry import adapter_class, get_method
 from .selection import POSITION_POLICIES, Report
 
-_MISSING = object()
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, CompressionHandle] = weakref.WeakKeyDictionary()
 
 
@@ -119,48 +125,19 @@ class CompressionHandle:
         #: the processor's image processor, when a full processor was given (``None`` for a tokenizer alone)
         self.image_processor = getattr(processor, "image_processor", None)
         self.report = Report(position_ids=position_ids, position_ids_source=source)
-        self._undo: list[tuple[str, Any]] = []
+        self._undo = UndoRecorder()
         self._active = False
         adapter = adapter_class(model)
         check_weights_loaded(model)
-        self.adapter = adapter(model, self)
         try:
-            self.adapter.install()
+            check_attention(model)
+            options = PatchOptions(position_ids, self.tokenizer, self.image_processor)
+            self.session = Session(adapter(model, self._undo, options), method, self.report, self._undo)
         except BaseException:
-            self._restore()
+            self._undo.restore()
             raise
         _ACTIVE[model] = self
         self._active = True
-
-    # ------------------------------------------------------------------ ownership of changes
-    def set_attr(self, obj: Any, name: str, value: Any) -> None:
-        """Set ``obj.name = value`` on the instance, remembering what to put back."""
-        previous = obj.__dict__.get(name, _MISSING)
-        self._undo.append(("attr", (obj, name, previous)))
-        setattr(obj, name, value)
-
-    def add_hook(self, removable: Any) -> Any:
-        """Own a ``torch.utils.hooks.RemovableHandle`` (anything with ``remove()``)."""
-        self._undo.append(("hook", removable))
-        return removable
-
-    def _restore(self) -> None:
-        errors = []
-        while self._undo:
-            kind, item = self._undo.pop()
-            try:
-                if kind == "hook":
-                    item.remove()
-                else:
-                    obj, name, previous = item
-                    if previous is _MISSING:
-                        delattr(obj, name)
-                    else:
-                        setattr(obj, name, previous)
-            except Exception as err:  # keep restoring the rest, report afterwards
-                errors.append(err)
-        if errors:
-            raise RuntimeError(f"vlm_compress could not fully restore the model: {errors}")
 
     # ------------------------------------------------------------------ public API
     @property
@@ -172,7 +149,7 @@ class CompressionHandle:
         if not self._active:
             return
         try:
-            self._restore()
+            self._undo.restore()
         finally:
             self._active = False
             _ACTIVE.pop(self.model, None)

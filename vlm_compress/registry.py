@@ -1,4 +1,7 @@
-"""Name -> method class and ``config.model_type`` -> adapter class, both imported lazily."""
+"""Name -> method class and ``config.model_type`` -> adapter class, both imported lazily.
+
+Room: lookup only. Imports ``errors``; methods and adapters are named by path and imported on first use.
+"""
 
 from __future__ import annotations
 
@@ -44,13 +47,6 @@ def register_method(name: str, target: str | type) -> None:
     if not isinstance(target, str):
         target = f"{target.__module__}:{target.__qualname__}"
     _METHODS[name] = target
-
-
-def register_adapter(model_type: str, target: str | type) -> None:
-    """Register an adapter class (or its ``"module:Class"`` path) for a ``config.model_type``."""
-    if not isinstance(target, str):
-        target = f"{target.__module__}:{target.__qualname__}"
-    _ADAPTERS[model_type] = target
 
 
 def list_methods() -> list[str]:

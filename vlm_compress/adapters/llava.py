@@ -11,6 +11,8 @@ a CLIP tower, which does not take it) and the processor pads (``vlmc.compress(..
 ``image_processor.do_pad=True``; without a processor, sizes given are taken to mean padded images, as in the
 original LLaVA repository), the ``padding_mask`` signal marks the tokens whose patch lies fully inside the padded
 band, by the rule of MMTok's official ``calculate_padding_patch_indices``.
+
+Room: adapters. May import ``context``, ``errors``, the engine's data types and its sibling helper modules.
 """
 
 from __future__ import annotations
@@ -20,62 +22,13 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..context import VisualContext, _LazySignals
+from ..context import Signals, VisualContext
+from ..engine.sequence import ImageSlot
 from ..errors import InputMismatchError
 from . import text_signals, vision_towers
-from .base import Adapter, ImageSlot
-from .vit_tap import recorded_scale_weights
-
-
-def placeholder_blocks(is_image: torch.Tensor) -> int:
-    """How many separate runs of placeholder tokens ``is_image [B, L]`` holds (placeholders of two images that
-    touch form one run)."""
-    starts = torch.nn.functional.pad(is_image.int(), (1, 0)).diff(dim=1) == 1
-    return int(starts.sum())
-
-
-def assign_image_slots(
-    is_image: torch.Tensor, tokens_per_image: list[int], *, placeholder: str, prompt_images: int | None = None
-) -> list[tuple[int, torch.Tensor]]:
-    """Give every image, in batch order, the next ``tokens_per_image[i]`` placeholder columns of its row.
-
-    ``is_image: [B, L]`` -> ``[(row, columns [N_i])]``. Raises :class:`InputMismatchError` when the number of
-    placeholders does not match the images, or an image's placeholders would straddle two rows.
-    ``prompt_images``: how many images the prompt's placeholders stand for, when the adapter can tell (for the
-    message); otherwise the message counts the separate runs of placeholder tokens.
-    """
-    per_row = [torch.nonzero(row).flatten() for row in is_image]
-    total_tokens, total_needed = int(is_image.sum()), sum(tokens_per_image)
-    if total_tokens != total_needed:
-        images = len(tokens_per_image)
-        if prompt_images is not None:
-            relation = "more" if prompt_images > images else "fewer"
-            head = (
-                f"the prompt has {relation} image placeholders than images: {prompt_images} {placeholder} "
-                f"placeholder(s) for {images} image(s)"
-            )
-        else:
-            head = (
-                f"the prompt's {placeholder} placeholders ({placeholder_blocks(is_image)} separate run(s) of "
-                f"tokens) do not match the {images} image(s) given"
-            )
-        raise InputMismatchError(
-            f"{head}: the {images} image(s) give {total_needed} visual tokens "
-            f"({'+'.join(map(str, tokens_per_image))}) but the prompt holds {total_tokens} {placeholder} placeholder "
-            f"tokens; put exactly one {placeholder} in the text per image and build the inputs with the model's "
-            "processor"
-        )
-    slots, row, used = [], 0, 0
-    for i, n in enumerate(tokens_per_image):
-        while row < len(per_row) and used == per_row[row].numel():
-            row, used = row + 1, 0
-        if row >= len(per_row) or used + n > per_row[row].numel():
-            raise InputMismatchError(
-                f"image {i}'s {n} placeholder tokens do not fit in prompt row {row}; each row must hold whole images"
-            )
-        slots.append((row, per_row[row][used : used + n]))
-        used += n
-    return slots
+from .base import Adapter
+from .placeholders import assign_image_slots
+from .vision_towers import ImageSignals
 
 
 def padding_patch_mask(image_size: Any, encoder_size: int, patch_size: int) -> torch.Tensor:
@@ -104,16 +57,14 @@ def padding_patch_mask(image_size: Any, encoder_size: int, patch_size: int) -> t
 
 
 class LlavaAdapter(Adapter):
-    model_types = ("llava",)
-
-    def __init__(self, model, handle):
-        super().__init__(model, handle)
+    def __init__(self, model, undo, options):
+        super().__init__(model, undo, options)
         self.inner = model.model
         self.vision_tower = self.inner.vision_tower
         self.image_token_id = self.config.image_token_id
 
     def available_signals(self) -> set[str]:
-        signals = {"vision_features", "padding_mask"} | text_signals.available(self.handle)
+        signals = {"vision_features", "padding_mask"} | text_signals.available(self.tokenizer)
         if vision_towers.has_cls_token(self.vision_tower):
             signals |= {"cls_attention", "cls_attention_logits"}
         return signals
@@ -168,7 +119,7 @@ class LlavaAdapter(Adapter):
     def pads_to_square(self) -> bool:
         """Whether the images were padded to a square before resizing: the processor's ``do_pad`` when a
         processor was given, else assumed (the original LLaVA-1.5 preprocessing)."""
-        image_processor = self.handle.image_processor
+        image_processor = self.image_processor
         return image_processor is None or bool(getattr(image_processor, "do_pad", False))
 
     def padding_masks(self, image_sizes: Any, features: list[torch.Tensor]) -> list[torch.Tensor | None]:
@@ -219,72 +170,10 @@ class LlavaAdapter(Adapter):
                 image_index=i,
                 row=row,
                 model_type=self.config.model_type,
-                signals=_LazySignals(providers, owner=f"image {i}"),
+                signals=Signals(providers, owner=f"image {i}"),
             )
             slots.append(ImageSlot(row=row, columns=columns, context=context))
         return slots
 
     def pack_features(self, features, call):
         call["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
-
-
-class ImageSignals(text_signals.PromptSignals):
-    """Lazy signals of the images of one call; batched across images and computed at most once."""
-
-    def __init__(self, adapter: Adapter, call: dict[str, Any], hidden_states, feature_layer, strategy: str):
-        super().__init__(adapter, call)
-        self.hidden_states = hidden_states
-        self.feature_layers = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
-        self.drop_cls = strategy == "default"
-        self._cls: torch.Tensor | None = None
-        self._cls_logits: torch.Tensor | None = None
-        self._tap = self._tap_weights()
-
-    def _tap_weights(self) -> torch.Tensor | None:
-        """``[passes, patches, K]`` scale weights that TAP modules inserted into the tower (``vlmc.insert_tap``)
-        recorded in this call's encoder pass, for the ``tap`` compressor; ``None`` without TAP."""
-        weights = recorded_scale_weights(self.adapter.vision_tower)
-        passes, tokens = self.hidden_states[0].shape[:2]
-        patches = tokens - self._start()
-        if weights is None or weights.shape[0] != passes or weights.shape[1] not in (patches, patches + 1):
-            return None
-        return weights[:, weights.shape[1] - patches :]
-
-    def per_image(self, image: int, per_pass: torch.Tensor) -> torch.Tensor:
-        """Per-encoder-pass values ``[passes, patches, ...]`` -> the image's tokens (one pass per image here)."""
-        return per_pass[image]
-
-    def providers(self, image: int, row: int, columns: torch.Tensor, is_image: torch.Tensor) -> dict[str, Any]:
-        providers = {
-            "vision_features": lambda: self.vision_features(image),
-            "cls_attention": lambda: self.per_image(image, self.cls_attention()),
-            "cls_attention_logits": lambda: self.per_image(image, self.cls_attention_logits()),
-            **self.text_providers(row, columns, is_image),
-        }
-        if self._tap is not None:
-            providers["tap_scale_weights"] = lambda: self.per_image(image, self._tap)
-        return providers
-
-    def _start(self) -> int:
-        return 1 if self.drop_cls else 0
-
-    def vision_features(self, image: int) -> torch.Tensor:
-        layers = [self.hidden_states[layer][image, self._start() :] for layer in self.feature_layers]
-        return torch.cat(layers, dim=-1)
-
-    def cls_attention(self) -> torch.Tensor:
-        if self._cls is None:
-            tower = self.adapter.vision_tower
-            self._cls = vision_towers.cls_attention(tower, self.hidden_states, self.feature_layers[-1])[
-                :, self._start() :
-            ]
-        return self._cls
-
-    def cls_attention_logits(self) -> torch.Tensor:
-        """``[passes, patches]`` head-mean [CLS] logits at the tower's last block, from this call's hidden states."""
-        if self._cls_logits is None:
-            tower = self.adapter.vision_tower
-            self._cls_logits = vision_towers.cls_attention_logits(tower, self.hidden_states)[
-                :, self._start() :
-            ]
-        return self._cls_logits

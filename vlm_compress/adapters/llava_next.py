@@ -23,6 +23,9 @@ every newline (MMTok's official layout). A reordering (``order="score"`` or
 ``"selection"``) applies to the thumbnail's tokens; the grid always stays in raster order with its newlines
 (this is also what GlobalCom²'s official code does). Inside the language model (FastV, ToDRE stage 2) the
 newline positions are not counted as visual: they always survive there, and budgets count content tokens.
+
+Room: adapters. May import ``context``, ``errors``, the engine's data types, :mod:`.llava` (the family it
+extends) and the sibling helper modules.
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ from transformers.models.llava_next.modeling_llava_next import (
     unpad_image,
 )
 
-from ..context import TokenRegion, VisualContext, _LazySignals
+from ..context import Signals, TokenRegion, VisualContext
+from ..engine.sequence import ImageSlot
 from ..errors import InputMismatchError, UnsupportedModelError
-from .base import ImageSlot, SequencePlan
-from .llava import ImageSignals, LlavaAdapter, assign_image_slots
+from .llava import LlavaAdapter
+from .placeholders import assign_image_slots
+from .vision_towers import ImageSignals
 
 
 @dataclass
@@ -107,8 +112,6 @@ class AnyResSlot(ImageSlot):
 
 
 class LlavaNextAdapter(LlavaAdapter):
-    model_types = ("llava_next",)
-
     def grid_for(self, num_tokens: int) -> tuple[int, int] | None:
         return None
 
@@ -160,13 +163,13 @@ class LlavaNextAdapter(LlavaAdapter):
                 thumbnail=TokenRegion(
                     indices=torch.arange(layout.thumbnail_tokens),
                     grid=(side, side),
-                    signals=_LazySignals(
+                    signals=Signals(
                         signals.region_providers(i),
                         owner=f"image {i} thumbnail",
                     ),
                 ),
                 crops=self._crop_regions(i, layout, signals),
-                signals=_LazySignals(providers, owner=f"image {i}"),
+                signals=Signals(providers, owner=f"image {i}"),
             )
             slots.append(AnyResSlot(row=row, columns=columns, context=context, layout=layout, packed=block))
         return slots
@@ -189,7 +192,7 @@ class LlavaNextAdapter(LlavaAdapter):
                     grid=(side, side),
                     position=(c // cols, c % cols),
                     valid=valid.view(side, side),
-                    signals=_LazySignals(
+                    signals=Signals(
                         signals.region_providers(image, c, local),
                         owner=f"image {image} crop {c}",
                     ),
@@ -197,14 +200,9 @@ class LlavaNextAdapter(LlavaAdapter):
             )
         return regions
 
-    def plan(self, slots, attention_mask, batch, length, device) -> SequencePlan:
-        """As the base plan, with newline columns marked as non-visual so in-LLM pruning counts content only."""
-        plan = super().plan(slots, attention_mask, batch, length, device)
-        for slot in slots:
-            if isinstance(slot, AnyResSlot):
-                newlines = slot.columns[slot.layout.newlines.to(slot.columns.device)].to(device)
-                plan.image_of[slot.row, torch.isin(plan.columns[slot.row], newlines)] = -1
-        return plan
+    def non_visual_positions(self, slot: ImageSlot) -> torch.Tensor | None:
+        """The newlines: in-LLM pruning counts content tokens only."""
+        return slot.layout.newlines if isinstance(slot, AnyResSlot) else None
 
     def kept_layout(self, slot: ImageSlot) -> tuple[torch.Tensor, torch.Tensor]:
         """Kept thumbnail tokens (in the selection's order), then the kept grid tokens in raster order with the

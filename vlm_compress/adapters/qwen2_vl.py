@@ -17,6 +17,8 @@ token is made of (concatenated, the merger's input); ``patch_features`` are the 
 is a documented proxy: the head-averaged attention each merged token *receives* from all patches of its image
 at the encoder's last block, recomputed from that block's own queries and keys (rows of the full attention of
 that block averaged over queries, summed over the 4 patches), normalised to sum to 1.
+
+Room: adapters. May import ``context``, ``errors``, the engine's data types and the sibling helper modules.
 """
 
 from __future__ import annotations
@@ -27,20 +29,22 @@ from typing import Any, ClassVar
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..context import VisualContext, _LazySignals
+from ..context import Signals, VisualContext
+from ..engine.sequence import ImageSlot, SequencePlan, gather_columns
 from ..errors import InputMismatchError, UnsupportedModelError
 from . import text_signals
-from .base import Adapter, ImageSlot, SequencePlan, gather_columns
-from .llava import assign_image_slots, placeholder_blocks
+from .base import Adapter
+from .placeholders import assign_image_slots, placeholder_blocks
 
 
 class Qwen2VLAdapter(Adapter):
-    model_types = ("qwen2_vl", "qwen2_5_vl")
     per_token_inputs: ClassVar[tuple[str, ...]] = ("token_type_ids", "mm_token_type_ids")
+    #: positions are explicit after a rewrite; the grid would let transformers recompute them for the full length
+    stale_after_rewrite: ClassVar[tuple[str, ...]] = ("image_grid_thw",)
 
-    def __init__(self, model, handle):
-        super().__init__(model, handle)
-        if handle.position_ids != "original":
+    def __init__(self, model, undo, options):
+        super().__init__(model, undo, options)
+        if self.position_ids != "original":
             raise UnsupportedModelError(
                 f"{type(model).__name__} uses 3-D M-RoPE positions; only position_ids='original' is supported"
             )
@@ -50,7 +54,7 @@ class Qwen2VLAdapter(Adapter):
         self.merge = self.config.vision_config.spatial_merge_size
 
     def available_signals(self) -> set[str]:
-        return {"vision_features", "patch_features", "cls_attention"} | text_signals.available(self.handle)
+        return {"vision_features", "patch_features", "cls_attention"} | text_signals.available(self.tokenizer)
 
     def image_token_mask(self, input_ids, inputs_embeds):
         if input_ids is None:
@@ -109,15 +113,10 @@ class Qwen2VLAdapter(Adapter):
                 image_index=i,
                 row=row,
                 model_type=self.config.model_type,
-                signals=_LazySignals(signals.providers(i, row, columns, is_image), owner=f"image {i}"),
+                signals=Signals(signals.providers(i, row, columns, is_image), owner=f"image {i}"),
             )
             slots.append(ImageSlot(row=row, columns=columns, context=context))
         return slots
-
-    def _rewrite(self, call: dict[str, Any], plan: SequencePlan, mode: str) -> None:
-        super()._rewrite(call, plan, mode)
-        # positions are now explicit; the grid would let transformers recompute them for the full length
-        call.pop("image_grid_thw", None)
 
     def pack_features(self, features, call):
         call["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}

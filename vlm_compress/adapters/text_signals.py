@@ -1,5 +1,7 @@
 """Text-side signals shared by the adapters: the prompt's text tokens, the question asked about an image and a
 word embedder. The last two need the processor's tokenizer (``vlmc.compress(..., processor=processor)``).
+
+Room: adapters. Imports nothing from vlm_compress.
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ def word_embedder(tokenizer: Any, embeddings: nn.Module) -> Callable[[str], torc
     return embed
 
 
-def available(handle: Any) -> set[str]:
-    """The prompt-side signals an adapter can offer with this handle."""
+def available(tokenizer: Any) -> set[str]:
+    """The prompt-side signals an adapter can offer (with the caller's ``tokenizer``, if any)."""
     signals = {"text_embeds", "text_ids"}
-    if handle.tokenizer is not None:
+    if tokenizer is not None:
         signals |= {"prompt_text", "question", "text_embedder"}
     return signals
 
@@ -67,7 +69,7 @@ class PromptSignals:
         providers: dict[str, Any] = {"text_embeds": lambda: self.text_embeds(row, is_image)}
         if self.call["input_ids"] is not None:
             providers["text_ids"] = lambda: self.text_ids(row, is_image)
-        tokenizer = self.adapter.handle.tokenizer
+        tokenizer = self.adapter.tokenizer
         if tokenizer is not None and self.call["input_ids"] is not None:
             providers["prompt_text"] = lambda: tokenizer.decode(self.text_ids(row, is_image), skip_special_tokens=True)
             providers["question"] = lambda: question_text(

@@ -2,14 +2,21 @@
 
 Nothing here changes the encoder: it reads a layer's own weights to recompute the one attention row a method
 needs, so the encoder keeps running with SDPA/FlashAttention and no attention matrix is materialised.
+:class:`ImageSignals` serves them, with the prompt's text signals, as one call's lazy signals.
+
+Room: adapters. May import ``errors``, ``engine.signals`` and :mod:`.text_signals`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from ..engine.signals import extension_providers
 from ..errors import MissingSignalError
+from .text_signals import PromptSignals
 
 
 def encoder_layers(vision_tower: nn.Module) -> nn.ModuleList:
@@ -82,3 +89,69 @@ def cls_attention_logits(vision_tower: nn.Module, hidden_states: tuple[torch.Ten
             "block is missing, so its [CLS] attention logits cannot be recomputed"
         )
     return _cls_logits(vision_tower, hidden_states, num_layers).mean(dim=1)
+
+
+class ImageSignals(PromptSignals):
+    """Lazy signals of the images of one call; batched across images and computed at most once."""
+
+    def __init__(self, adapter: Any, call: dict[str, Any], hidden_states, feature_layer, strategy: str):
+        super().__init__(adapter, call)
+        self.hidden_states = hidden_states
+        self.feature_layers = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
+        self.drop_cls = strategy == "default"
+        self._cls: torch.Tensor | None = None
+        self._cls_logits: torch.Tensor | None = None
+        # read right after the encoder pass, before a later pass overwrites what the sources look at
+        self._extensions = extension_providers(self)
+
+    # -- the call's encoder pass, as signal sources see it (engine.signals.EncoderPass)
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.adapter.vision_tower
+
+    @property
+    def num_passes(self) -> int:
+        return int(self.hidden_states[0].shape[0])
+
+    @property
+    def num_patches(self) -> int:
+        return int(self.hidden_states[0].shape[1]) - self._start()
+
+    def per_image(self, image: int, per_pass: torch.Tensor) -> torch.Tensor:
+        """Per-encoder-pass values ``[passes, patches, ...]`` -> the image's tokens (one pass per image here)."""
+        return per_pass[image]
+
+    def providers(self, image: int, row: int, columns: torch.Tensor, is_image: torch.Tensor) -> dict[str, Any]:
+        providers = {
+            "vision_features": lambda: self.vision_features(image),
+            "cls_attention": lambda: self.per_image(image, self.cls_attention()),
+            "cls_attention_logits": lambda: self.per_image(image, self.cls_attention_logits()),
+            **self.text_providers(row, columns, is_image),
+        }
+        for name, provider in self._extensions.items():
+            providers[name] = lambda provider=provider: provider(image)
+        return providers
+
+    def _start(self) -> int:
+        return 1 if self.drop_cls else 0
+
+    def vision_features(self, image: int) -> torch.Tensor:
+        layers = [self.hidden_states[layer][image, self._start() :] for layer in self.feature_layers]
+        return torch.cat(layers, dim=-1)
+
+    def cls_attention(self) -> torch.Tensor:
+        if self._cls is None:
+            tower = self.adapter.vision_tower
+            self._cls = cls_attention(tower, self.hidden_states, self.feature_layers[-1])[
+                :, self._start() :
+            ]
+        return self._cls
+
+    def cls_attention_logits(self) -> torch.Tensor:
+        """``[passes, patches]`` head-mean [CLS] logits at the tower's last block, from this call's hidden states."""
+        if self._cls_logits is None:
+            tower = self.adapter.vision_tower
+            self._cls_logits = cls_attention_logits(tower, self.hidden_states)[
+                :, self._start() :
+            ]
+        return self._cls_logits

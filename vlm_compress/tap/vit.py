@@ -1,4 +1,4 @@
-"""Insert TAP (:class:`~vlm_compress.nn.TokenAwareAvgPool`) into the blocks of a pretrained ViT instance.
+"""Insert TAP (:class:`~vlm_compress.tap.modules.TokenAwareAvgPool`) into the blocks of a pretrained ViT instance.
 
 Supported towers: ``timm`` ``VisionTransformer``, ``open_clip`` ``VisionTransformer`` (or a CLIP model holding
 one as ``.visual``), and HuggingFace CLIP/SigLIP vision towers (alone, or inside a LLaVA-style VLM). As in the
@@ -6,6 +6,8 @@ paper, each chosen block feeds ``TAP(x)`` to its attention branch and keeps ``x`
 (``x = x + attn(norm1(TAP(x)))``); prefix tokens ([CLS], registers) pass through unchanged. The TAP module
 is attached to the block as ``block.tap`` (so ``model.to``/``train``/``state_dict`` see it) and called by a
 forward pre-hook on the block's first norm; :meth:`TapHandle.remove` takes both away again.
+
+Room: TAP. May import ``errors`` and :mod:`.modules`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AlreadyPatchedError, UnsupportedModelError
-from ..nn import TokenAwareAvgPool, attention_diversification_loss, square_grid
+from .modules import TokenAwareAvgPool, attention_diversification_loss, square_grid
 
 logger = logging.getLogger(__name__)
 
@@ -79,16 +81,27 @@ def vit_layout(model: nn.Module) -> VitLayout:
     if hasattr(model, "blocks") and hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens"):
         grid = getattr(model.patch_embed, "grid_size", None)
         return VitLayout(
-            "timm", list(model.blocks), "norm1", "attn", int(model.num_prefix_tokens),
-            None if grid is None else _as_pair(grid), _timm_attention,
+            "timm",
+            list(model.blocks),
+            "norm1",
+            "attn",
+            int(model.num_prefix_tokens),
+            None if grid is None else _as_pair(grid),
+            _timm_attention,
         )
     visual = getattr(model, "visual", model)
     resblocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
     if resblocks is not None and hasattr(visual, "grid_size"):
         prefix = 1 if getattr(visual, "class_embedding", None) is not None else 0
         return VitLayout(
-            "open_clip", list(resblocks), "ln_1", "attn", prefix, _as_pair(visual.grid_size),
-            _multihead_attention, batch_first=bool(getattr(visual.transformer, "batch_first", True)),
+            "open_clip",
+            list(resblocks),
+            "ln_1",
+            "attn",
+            prefix,
+            _as_pair(visual.grid_size),
+            _multihead_attention,
+            batch_first=bool(getattr(visual.transformer, "batch_first", True)),
         )
     tower = model
     for path in ("model.vision_tower", "vision_tower"):
@@ -118,7 +131,9 @@ def vit_layout(model: nn.Module) -> VitLayout:
 class TapHandle:
     """TAP modules inserted into one model instance; :meth:`remove` (or leaving the ``with``) undoes it."""
 
-    def __init__(self, model: nn.Module, layout: VitLayout, block_indices: list[int], modules: list[TokenAwareAvgPool]):
+    def __init__(
+        self, model: nn.Module, layout: VitLayout, block_indices: list[int], modules: list[TokenAwareAvgPool]
+    ):
         self.model, self.layout = model, layout
         self.modules: dict[int, TokenAwareAvgPool] = dict(zip(block_indices, modules, strict=True))
         self._hooks: list[Any] = []
@@ -138,7 +153,11 @@ class TapHandle:
             x = args[0] if layout.batch_first else args[0].transpose(0, 1)
             prefix = layout.num_prefix_tokens
             num_patches = x.shape[1] - prefix
-            grid = layout.grid if layout.grid and math.prod(layout.grid) == num_patches else square_grid(num_patches)
+            grid = (
+                layout.grid
+                if layout.grid and math.prod(layout.grid) == num_patches
+                else square_grid(num_patches)
+            )
             pooled = torch.cat([x[:, :prefix], tap(x[:, prefix:], grid)], dim=1)
             return (pooled if layout.batch_first else pooled.transpose(0, 1), *args[1:])
 
@@ -173,7 +192,9 @@ class TapHandle:
 
     def scale_weights(self) -> torch.Tensor:
         """``[B, P, K]`` scale weights of the last forward, averaged over the TAP blocks (``P`` patch tokens)."""
-        recorded = [tap.last_scale_weights for tap in self.modules.values() if tap.last_scale_weights is not None]
+        recorded = [
+            tap.last_scale_weights for tap in self.modules.values() if tap.last_scale_weights is not None
+        ]
         if not recorded:
             raise RuntimeError("no TAP block has run yet; call the model first")
         mean = torch.stack(recorded).mean(dim=0)
@@ -208,10 +229,10 @@ def insert_tap(
     temperature: float = 1.0,
     init: str = "identity",
 ) -> TapHandle:
-    """Add a :class:`~vlm_compress.nn.TokenAwareAvgPool` before the attention of every block (or ``blocks``).
+    """Add a :class:`~vlm_compress.tap.modules.TokenAwareAvgPool` before the attention of every block (or ``blocks``).
 
     ``init="identity"`` (default) leaves the model's outputs bit-for-bit unchanged until the TAP parameters
-    are trained (see :class:`~vlm_compress.nn.TokenAwareAvgPool`); ``init="paper"`` is the paper's module.
+    are trained (see :class:`~vlm_compress.tap.modules.TokenAwareAvgPool`); ``init="paper"`` is the paper's module.
     New modules take the dtype and device of their block. Returns a :class:`TapHandle`; ``handle.remove()``
     restores the instance exactly.
     """
@@ -229,7 +250,9 @@ def insert_tap(
         reference = next(layout.blocks[i].parameters())
         dim = getattr(layout.blocks[i], layout.norm_attr).weight.shape[0]
         tap = TokenAwareAvgPool(dim, num_scales, temperature, init=init)
-        modules.append(tap.to(device=reference.device, dtype=reference.dtype).train(layout.blocks[i].training))
+        modules.append(
+            tap.to(device=reference.device, dtype=reference.dtype).train(layout.blocks[i].training)
+        )
     logger.info("TAP inserted into %d %s block(s): %s", len(indices), layout.family, indices)
     return TapHandle(model, layout, indices, modules)
 

@@ -1,0 +1,53 @@
+"""The attention row stage-2 methods read: the prompt's last token over every column, recomputed from one
+decoder layer's own projections (the layer itself keeps running with SDPA/FlashAttention).
+
+Room: the engine's in-LLM pruner. Pure tensor functions; imports only :mod:`.masks`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .masks import gather_rows
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+@torch.no_grad()
+def query_attention(
+    attn: nn.Module,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    columns: torch.Tensor,
+    query_column: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """``[B, Lc]`` head-averaged softmax attention of the query column over the current columns.
+
+    ``hidden: [B, Lc, D]`` input of the attention block ``attn``; ``cos``/``sin``: its rotary embeddings;
+    ``columns: [B, Lc]`` layer-0 column of every current column (``-1``: padding slot); ``query_column: [B]``
+    layer-0 column of the prompt's last token; ``valid: [B, L0]`` real layer-0 columns.
+    """
+    batch, length, _ = hidden.shape
+    head_dim = attn.head_dim
+    rows = torch.arange(batch, device=hidden.device)
+    query_index = (columns == query_column.to(columns.device)[:, None]).float().argmax(dim=1)
+    cos = cos.expand(batch, *cos.shape[1:])
+    sin = sin.expand(batch, *sin.shape[1:])
+    query_hidden = hidden[rows, query_index]  # [B, D]
+    query = attn.q_proj(query_hidden).view(batch, -1, head_dim)  # [B, H, hd]
+    keys = attn.k_proj(hidden).view(batch, length, -1, head_dim)  # [B, L, Hkv, hd]
+    query_cos, query_sin = cos[rows, query_index][:, None], sin[rows, query_index][:, None]
+    query = query * query_cos + rotate_half(query) * query_sin
+    keys = keys * cos[:, :, None] + rotate_half(keys) * sin[:, :, None]
+    keys = keys.repeat_interleave(query.shape[1] // keys.shape[2], dim=2)
+    logits = torch.einsum("bhd,blhd->bhl", query.float(), keys.float()) * attn.scaling
+    positions = torch.arange(length, device=hidden.device)
+    allowed = (columns >= 0) & gather_rows(valid, columns, 0).bool() & (positions <= query_index[:, None])
+    logits = logits.masked_fill(~allowed[:, None, :], float("-inf"))
+    return logits.softmax(dim=-1).mean(dim=1)

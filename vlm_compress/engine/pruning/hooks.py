@@ -1,0 +1,245 @@
+"""The stage-2 hooks on one language model: capture the attention row, prune before layer ``K``, feed later layers
+their gathered inputs, and map decode steps onto the shorter per-layer caches.
+
+The plan of the prompt comes from the running :class:`~vlm_compress.engine.state.CallState`; a prefill with a
+cache keys that state on the cache and records there which layers hold which columns (:class:`PrunedCache`), so
+decode steps, in ``generate`` or in a manual loop, find it again through the cache.
+
+Room: the engine's in-LLM pruner. May import ``context`` (``LayerContext``), ``errors``, ``engine.cache_compat``,
+``engine.state`` and its sibling modules; never an adapter or a method module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...context import LayerContext
+from ...errors import InputMismatchError, UnsupportedModelError
+from ..cache_compat import call_cache
+from ..state import CallState, CallStates, PrunedCache, PrunedPass, Segment
+from ..undo import UndoRecorder
+from .attention import query_attention
+from .masks import decode_mask, gather_rows, keep_to_columns, layer_inputs
+
+PRUNING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+
+
+@dataclass
+class _Pass:
+    """Scratch of one language-model pass (prefill or decode step)."""
+
+    decode: bool
+    call: CallState | None = None
+    pruned: PrunedCache | None = None
+    valid: torch.Tensor | None = None  # [B, L0]
+    query_column: torch.Tensor | None = None  # [B] layer-0 column of the prompt's last token
+    image_of: torch.Tensor | None = None  # [B, L0]
+    columns: torch.Tensor | None = None  # current layer-0 columns [B, Lc]
+    attention: dict[int, torch.Tensor] = field(default_factory=dict)
+    originals: dict[str, Any] | None = None  # layer kwargs of the unpruned pass
+    substitutes: dict[str, Any] | None = None
+    layer_positions: dict[int, list[int]] = field(default_factory=dict)
+    total_keys: int = 0  # decode: layer-0 keys after this step
+    kept_per_image: dict[int, dict[int, int]] = field(default_factory=dict)
+
+
+def _input_length(args: tuple, kwargs: dict[str, Any]) -> int:
+    embeds = kwargs.get("inputs_embeds")
+    if embeds is None:
+        embeds = args[0] if args else kwargs["input_ids"]
+    return int(embeds.shape[1])
+
+
+class LanguageModelPruner:
+    """Installs the stage-2 hooks of one method on one language model; they go with the undo recorder."""
+
+    def __init__(
+        self, states: CallStates, language_model: nn.Module, method: Any, config: Any, undo: UndoRecorder
+    ):
+        attn = getattr(config, "_attn_implementation", None) or "eager"
+        if attn not in PRUNING_ATTENTION:
+            raise UnsupportedModelError(
+                f"{method.name} prunes inside the language model, which supports the attention implementations "
+                f"{', '.join(PRUNING_ATTENTION)}; this model uses {attn!r}"
+            )
+        self.states = states
+        self.method = method
+        self.layers = language_model.layers
+        self.num_layers = len(self.layers)
+        points = sorted(set(method.prune_layers(self.num_layers)))
+        bad = [p for p in points if not 1 <= p < self.num_layers]
+        if bad:
+            raise ValueError(
+                f"{method.name}: pruning layers must lie in 1..{self.num_layers - 1} for this "
+                f"{self.num_layers}-layer language model, got {bad}"
+            )
+        self.points = points
+        self._pass: _Pass | None = None
+        undo.add_hook(language_model.register_forward_pre_hook(self._on_model_start, with_kwargs=True))
+        undo.add_hook(language_model.register_forward_hook(self._on_model_end))
+        for point in points:
+            attention = self.layers[point - 1].self_attn
+            undo.add_hook(attention.register_forward_pre_hook(self._capture(point), with_kwargs=True))
+        for index in range(points[0], self.num_layers):
+            undo.add_hook(
+                self.layers[index].register_forward_pre_hook(self._on_layer(index), with_kwargs=True)
+            )
+
+    # ------------------------------------------------------------------ passes
+    def _on_model_start(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        self._pass = None
+        cache = call_cache(kwargs)
+        if cache is not None and cache.get_seq_length() > 0:
+            filled_by = self.states.of(cache)
+            if filled_by is not None and filled_by.pruned is not None:
+                # the layer-0 key count after this step, read before layer 0 appends to the cache
+                self._pass = _Pass(decode=True, pruned=filled_by.pruned)
+                self._pass.total_keys = cache.get_seq_length() + _input_length(args, kwargs)
+            return
+        call = self.states.current
+        if call is None or call.plan is None or not bool((call.plan.image_of >= 0).any()):
+            return
+        plan = call.plan
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            embeds = args[0] if args else None
+        length = _input_length(args, kwargs)
+        prompt = plan.image_of.shape[1]
+        if length < prompt:
+            raise InputMismatchError(f"the language model got {length} positions but the prompt has {prompt}")
+        image_of, query_column = plan.image_of, plan.query_columns()
+        rows = embeds.shape[0] if embeds is not None else kwargs["input_ids"].shape[0]
+        if rows != image_of.shape[0]:  # generate expanded the batch (num_return_sequences, beams)
+            repeats = rows // image_of.shape[0]
+            image_of = image_of.repeat_interleave(repeats, dim=0)
+            query_column = query_column.repeat_interleave(repeats, dim=0)
+        if length > prompt:  # generate without cache: generated tokens follow the prompt
+            extra = torch.full(
+                (image_of.shape[0], length - prompt), -1, dtype=image_of.dtype, device=image_of.device
+            )
+            image_of = torch.cat([image_of, extra], dim=1)
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+            valid = mask.bool()
+        else:
+            valid = torch.ones(image_of.shape, dtype=torch.bool, device=image_of.device)
+        columns = torch.arange(length, device=image_of.device).expand(image_of.shape[0], length)
+        self._pass = _Pass(decode=False, call=call, valid=valid, image_of=image_of, columns=columns)
+        self._pass.query_column = query_column
+        counts = valid.sum(dim=1).tolist()
+        self._pass.layer_positions = {layer: counts for layer in range(self.points[0])}
+        if cache is not None:
+            call.pruned = self._pass.pruned = PrunedCache(prefill_length=length)
+            self.states.bind(cache, call)
+
+    def _on_model_end(self, module: nn.Module, args: tuple, output: Any) -> None:
+        state, self._pass = self._pass, None
+        if state is None or state.decode:
+            return
+        state.call.write(PrunedPass(state.layer_positions, state.kept_per_image))
+
+    # ------------------------------------------------------------------ attention row at layer K-1
+    def _capture(self, point: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            state = self._pass
+            if state is None or state.decode:
+                return
+            hidden = args[0] if args else kwargs["hidden_states"]
+            cos, sin = kwargs["position_embeddings"]
+            state.attention[point] = query_attention(
+                module, hidden, cos, sin, state.columns, state.query_column, state.valid
+            )
+
+        return hook
+
+    # ------------------------------------------------------------------ layer hooks
+    def _on_layer(self, index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
+            state = self._pass
+            if state is None:
+                return None
+            if state.decode:
+                return self._decode_layer(index, args, kwargs, state)
+            if index in self.points:
+                args, kwargs = self._prune(index, args, kwargs, state)
+            elif state.substitutes is not None:
+                kwargs = {**kwargs, **state.substitutes}
+            if state.substitutes is not None:
+                counts = (state.columns >= 0).sum(dim=1).tolist()
+                state.layer_positions[index] = counts
+            else:
+                state.layer_positions[index] = state.valid.sum(dim=1).tolist()
+            return args, kwargs
+
+        return hook
+
+    def _prune(self, index: int, args: tuple, kwargs: dict[str, Any], state: _Pass):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        columns = state.columns
+        image_of = gather_rows(state.image_of, columns, -1).long()
+        valid = (columns >= 0) & gather_rows(state.valid, columns, 0).bool()
+        visual = (image_of >= 0) & valid
+        attention = state.attention.get(index)
+        if attention is None:
+            raise RuntimeError(f"no attention row was captured before layer {index}")
+        plan = state.call.plan
+        context = LayerContext(
+            layer=index,
+            num_layers=self.num_layers,
+            hidden_states=hidden,
+            attention=attention,
+            visual=visual,
+            image_of=torch.where(visual, image_of, torch.full_like(image_of, -1)),
+            valid=valid,
+            tokens_before=plan.tokens_before,
+        )
+        keep_visual = self.method.prune(context)
+        if tuple(keep_visual.shape) != tuple(visual.shape) or keep_visual.dtype != torch.bool:
+            raise ValueError(
+                f"{self.method.name}.prune must return a bool tensor of shape {tuple(visual.shape)}, "
+                f"got {keep_visual.dtype} {tuple(keep_visual.shape)}"
+            )
+        self._record_kept(state, index, context.image_of, keep_visual & visual)
+        if bool((keep_visual | ~visual).all()):  # nothing to drop here: leave the pass untouched
+            return args, (kwargs if state.substitutes is None else {**kwargs, **state.substitutes})
+        keep = valid & (~visual | keep_visual)
+        chosen = keep_to_columns(keep, plan.padding_side)
+        hidden = gather_rows(hidden, chosen, 0.0)
+        new_columns = torch.where(chosen >= 0, gather_rows(columns, chosen, -1), torch.full_like(chosen, -1))
+        state.columns = new_columns
+        if state.originals is None:
+            state.originals = {
+                k: kwargs.get(k) for k in ("position_embeddings", "position_ids", "attention_mask")
+            }
+        state.substitutes = layer_inputs(state.originals, new_columns)
+        if state.pruned is not None:
+            state.pruned.segments.append(Segment(index, new_columns))
+        args = (hidden, *args[1:]) if args else args
+        if not args:
+            kwargs = {**kwargs, "hidden_states": hidden}
+        return args, {**kwargs, **state.substitutes}
+
+    @staticmethod
+    def _record_kept(state: _Pass, layer: int, image_of: torch.Tensor, kept: torch.Tensor) -> None:
+        for image in torch.unique(image_of[image_of >= 0]).tolist():
+            state.kept_per_image.setdefault(image, {})[layer] = int((kept & (image_of == image)).sum())
+
+    def _decode_layer(self, index: int, args: tuple, kwargs: dict[str, Any], state: _Pass):
+        segment = state.pruned.segment_for(index)
+        if segment is None:
+            return None
+        cached = state.substitutes
+        if cached is not None and cached.get("_segment") is segment:
+            return args, {**kwargs, "attention_mask": cached["attention_mask"]}
+        mask = kwargs.get("attention_mask")
+        hidden = args[0] if args else kwargs["hidden_states"]
+        query_length = hidden.shape[1]
+        new_mask = decode_mask(
+            mask, segment.columns, state.pruned.prefill_length, query_length, state.total_keys
+        )
+        state.substitutes = {"_segment": segment, "attention_mask": new_mask}
+        return args, {**kwargs, "attention_mask": new_mask}
