@@ -1,30 +1,39 @@
-"""Torch path of the selection kernels vs straightforward re-implementations of the papers' algorithms.
+"""The library's torch path of every kernel-backed op vs a plain re-implementation of each paper's loop.
 
     PYTHONPATH=. python benchmarks/kernels.py [--sizes 576x1024 2880x4096] [--ks 64 128 192] [--repeats 3]
+    PYTHONPATH=. python benchmarks/kernels.py --quick      # 144x256 and 576x1024, k 16 / 64: seconds
 
-For each size and budget ``k`` it times, on the same inputs (fp32, CPU unless --device cuda):
+For each size (and budget ``k``) it times, in one run on the same inputs (fp32, CPU unless --device cuda):
 
-- ``straightforward``: the paper's greedy as written. k-center: every step recomputes the distance of every
-  token to every selected centre from the features and takes the minimum. MMTok: every step evaluates the
-  objective ``f(S ∪ {j}) = Σ_r max_{i ∈ S ∪ {j}} C[r, i]`` for all candidates from ``C`` and the picks so far.
-- ``vectorised``: a vectorised version without the library's shortcuts. k-center: the ``N x N`` similarity
-  matrix built once and one row of it read per step. MMTok: every gain recomputed each step (the readable
-  reference in ``kernels/coverage_gain/reference.py``).
-- ``library``: what ``vlm_compress.functional`` runs (``VLMC_BACKEND`` decides; torch on CPU).
+- ``paper's loop``: the computation as the paper writes it, one step at a time, with no shortcut.
+  similarity: ``cos(x_i, x_j) = x_i·x_j / (‖x_i‖ ‖x_j‖)`` one token ``i`` at a time. k-center (ToDRE): every
+  step recomputes the distance of every token to every selected centre from the features and takes the
+  minimum. MMTok: every step evaluates the objective ``f(S ∪ {j}) = Σ_r max_{i ∈ S ∪ {j}} C[r, i]`` for all
+  candidates from ``C`` and the picks so far. coverage gain: ``Σ_r max(0, C[r, j] - c_r)`` one candidate
+  ``j`` at a time.
+- ``vectorised``: a vectorised version without the library's shortcuts. similarity: normalise, one matrix
+  product (no exact-copy pass). k-center: the ``N x N`` similarity matrix built once and one row of it read
+  per step. MMTok: every gain recomputed each step (the readable reference in
+  ``kernels/coverage_gain/reference.py``).
+- ``torch path``: what ``vlm_compress.functional`` / ``vlm_compress.kernels`` run (``VLMC_BACKEND``
+  decides; torch on a CPU).
 
 Features are clustered random vectors (see :func:`clustered`); MMTok's rows are timed on a prebuilt ``C``.
 
-It prints median milliseconds, the speedup of the library over the straightforward version, and whether the
-library's indices are identical to the straightforward / vectorised version's ("yes/yes"). Where they are
-not, the first differing pick is a near-tie below fp32 resolution (see docs/kernels.md).
+It prints median milliseconds, the speedup of the torch path over the paper's loop, and whether the torch
+path's indices are identical to the paper's loop's / the vectorised version's ("yes/yes"); for similarities
+and gains, the largest absolute difference from the loop. Where indices differ, the first differing pick
+is a near-tie below fp32 resolution (see docs/kernels.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -33,6 +42,20 @@ from vlm_compress.kernels.coverage_gain import reference as coverage_reference
 
 TEXT_TOKENS = 20
 CLIP_DIM = 1024
+QUICK = {"sizes": ["144x256", "576x1024"], "ks": [16, 64], "repeats": 3}
+
+
+# --- the papers' loops ---------------------------------------------------------------------------------
+
+
+def loop_similarity(features: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity as the formula reads, one token ``i`` at a time: ``x_i·x_j / (‖x_i‖ ‖x_j‖)``."""
+    x = features.float()
+    norms = x.norm(dim=-1)
+    out = torch.empty(x.shape[0], x.shape[0], device=x.device)
+    for i in range(x.shape[0]):
+        out[i] = (x @ x[i]) / (norms * norms[i]).clamp_min(1e-12)
+    return out
 
 
 def straightforward_k_center(features: torch.Tensor, k: int, first: int) -> torch.Tensor:
@@ -50,6 +73,36 @@ def straightforward_k_center(features: torch.Tensor, k: int, first: int) -> torc
     return torch.tensor(selected, device=x.device)
 
 
+def straightforward_coverage(matrix: torch.Tensor, k: int) -> torch.Tensor:
+    """MMTok's greedy on the coverage objective ``f(S)``, evaluated for every ``S ∪ {j}`` at every step."""
+    targets, candidates = matrix.shape
+    picks: list[int] = []
+    taken = torch.zeros(candidates, dtype=torch.bool, device=matrix.device)
+    for _ in range(k):
+        covered = matrix[:, picks].amax(dim=1) if picks else torch.zeros(targets, device=matrix.device)
+        objective = torch.maximum(covered[:, None], matrix).sum(dim=0)  # f(S ∪ {j}) for every j
+        gain = objective - covered.sum()
+        pick = int(gain.masked_fill(taken, -float("inf")).argmax())
+        picks.append(pick)
+        taken[pick] = True
+    return torch.tensor(picks, device=matrix.device)
+
+
+def loop_coverage_gain(matrix: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+    """The marginal gain ``Σ_r max(0, C[r, j] - c_r)`` one candidate ``j`` at a time."""
+    return torch.stack([(matrix[:, j] - covered).clamp_min(0).sum() for j in range(matrix.shape[1])])
+
+
+# --- vectorised versions without the library's shortcuts -----------------------------------------------
+
+
+def matmul_similarity(features: torch.Tensor) -> torch.Tensor:
+    """Normalise the rows, one matrix product."""
+    x = features.float()
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return x @ x.T
+
+
 def full_matrix_k_center(features: torch.Tensor, k: int) -> torch.Tensor:
     """The same greedy with the whole similarity matrix computed up front (``N²·D``) and a row read per step."""
     distance = 1.0 - kernels.pairwise_similarity(features)
@@ -65,19 +118,7 @@ def full_matrix_k_center(features: torch.Tensor, k: int) -> torch.Tensor:
     return selected
 
 
-def straightforward_coverage(matrix: torch.Tensor, k: int) -> torch.Tensor:
-    """MMTok's greedy on the coverage objective ``f(S)``, evaluated for every ``S ∪ {j}`` at every step."""
-    targets, candidates = matrix.shape
-    picks: list[int] = []
-    taken = torch.zeros(candidates, dtype=torch.bool, device=matrix.device)
-    for _ in range(k):
-        covered = matrix[:, picks].amax(dim=1) if picks else torch.zeros(targets, device=matrix.device)
-        objective = torch.maximum(covered[:, None], matrix).sum(dim=0)  # f(S ∪ {j}) for every j
-        gain = objective - covered.sum()
-        pick = int(gain.masked_fill(taken, -float("inf")).argmax())
-        picks.append(pick)
-        taken[pick] = True
-    return torch.tensor(picks, device=matrix.device)
+# --- timing and the table ------------------------------------------------------------------------------
 
 
 def timed(fn: Callable[[], torch.Tensor], repeats: int, device: str) -> tuple[float, torch.Tensor]:
@@ -95,45 +136,90 @@ def timed(fn: Callable[[], torch.Tensor], repeats: int, device: str) -> tuple[fl
     return statistics.median(times), result
 
 
-def row(
-    op: str, size: str, k: int, runs: dict[str, Callable[[], torch.Tensor]], repeats: int, device: str
-) -> None:
-    results = {name: timed(fn, repeats, device) for name, fn in runs.items()}
-    naive_ms, naive = results["straightforward"]
-    full_ms, full = results["vectorised"]
-    lib_ms, lib = results["library"]
-    same = f"{'yes' if torch.equal(naive, lib) else 'no'}/{'yes' if torch.equal(full, lib) else 'no'}"
-    print(
-        f"{op:10} {size:>10} {k:>4} {naive_ms:>14.1f}ms {full_ms:>13.1f}ms {lib_ms:>7.1f}ms "
-        f"{naive_ms / lib_ms:>7.1f}x  {same:>7}",
-        flush=True,
+@dataclass
+class Row:
+    """One line of the table: times in ms (``None``: no such version) and how the results compare."""
+
+    op: str
+    size: str
+    k: int | None
+    loop_ms: float
+    vectorised_ms: float | None
+    torch_ms: float
+    identical: str  # "yes/no" for indices (vs the loop / the vectorised version), else the largest |Δ|
+
+    @property
+    def speedup(self) -> float:
+        return self.loop_ms / self.torch_ms
+
+
+HEADER = (
+    f"{'op':11} {'N x D':>10} {'k':>4} {'paper loop':>12} {'vectorised':>11} {'torch path':>11} "
+    f"{'speedup':>8}  identical (loop/vectorised)"
+)
+
+
+def format_row(row: Row) -> str:
+    k = "-" if row.k is None else str(row.k)
+    vectorised = "-" if row.vectorised_ms is None else f"{row.vectorised_ms:.1f}ms"
+    return (
+        f"{row.op:11} {row.size:>10} {k:>4} {row.loop_ms:>10.1f}ms {vectorised:>11} {row.torch_ms:>9.1f}ms "
+        f"{row.speedup:>7.1f}x  {row.identical}"
     )
 
 
-def bench_k_center(features: torch.Tensor, size: str, k: int, repeats: int) -> None:
+def compare(runs: dict[str, Callable[[], torch.Tensor]], repeats: int, device: str, indices: bool):
+    """Times ``loop`` / ``vectorised`` / ``torch`` in that order on the same inputs; compares the results."""
+    results = {name: timed(fn, repeats, device) for name, fn in runs.items()}
+    loop, torch_path = results["loop"][1], results["torch"][1]
+    if indices:
+        same = [torch.equal(loop, torch_path)]
+        if "vectorised" in results:
+            same.append(torch.equal(results["vectorised"][1], torch_path))
+        identical = "/".join("yes" if s else "no" for s in same)
+    else:
+        identical = f"max |diff| {float((loop - torch_path).abs().max()):.1e}"
+    vectorised_ms = results["vectorised"][0] if "vectorised" in results else None
+    return results["loop"][0], vectorised_ms, results["torch"][0], identical
+
+
+def bench_similarity(features: torch.Tensor, size: str, repeats: int) -> Row:
     runs = {
-        "straightforward": lambda: straightforward_k_center(features, k, 0),
-        "vectorised": lambda: full_matrix_k_center(features, k),
-        "library": lambda: functional.k_center(features, k, first=0),
+        "loop": lambda: loop_similarity(features),
+        "vectorised": lambda: matmul_similarity(features),
+        "torch": lambda: functional.cosine_similarity(features),
     }
-    row("k_center", size, k, runs, repeats, features.device.type)
+    return Row("similarity", size, None, *compare(runs, repeats, features.device.type, indices=False))
 
 
-def bench_coverage(matrix: torch.Tensor, size: str, k: int, repeats: int) -> None:
+def bench_k_center(features: torch.Tensor, size: str, k: int, repeats: int) -> Row:
+    runs = {
+        "loop": lambda: straightforward_k_center(features, k, 0),
+        "vectorised": lambda: full_matrix_k_center(features, k),
+        "torch": lambda: functional.k_center(features, k, first=0),
+    }
+    return Row("k_center", size, k, *compare(runs, repeats, features.device.type, indices=True))
+
+
+def bench_coverage(matrix: torch.Tensor, size: str, k: int, repeats: int) -> Row:
     """The greedy on a given ``C`` (building ``C`` costs every version the same; timed separately)."""
     blocked = torch.zeros(1, matrix.shape[1], dtype=torch.bool, device=matrix.device)
     runs = {
-        "straightforward": lambda: straightforward_coverage(matrix, k),
+        "loop": lambda: straightforward_coverage(matrix, k),
         "vectorised": lambda: coverage_reference.greedy_coverage(matrix.T.contiguous()[None], k, blocked)[0],
-        "library": lambda: functional.greedy_coverage(matrix, k),
+        "torch": lambda: functional.greedy_coverage(matrix, k),
     }
-    row("mmtok", size, k, runs, repeats, matrix.device.type)
+    return Row("mmtok", size, k, *compare(runs, repeats, matrix.device.type, indices=True))
 
 
-def build_matrix(
-    text: torch.Tensor, vision: torch.Tensor, clip: torch.Tensor, repeats: int
-) -> tuple[float, torch.Tensor]:
-    return timed(lambda: functional.coverage_matrix(text, vision, clip), repeats, vision.device.type)
+def bench_coverage_gain(matrix: torch.Tensor, size: str, repeats: int) -> Row:
+    """One greedy step's gains, with every 8th candidate already picked."""
+    covered = matrix[:, ::8].amax(dim=1)
+    runs = {
+        "loop": lambda: loop_coverage_gain(matrix, covered),
+        "torch": lambda: kernels.coverage_gain(matrix, covered),
+    }
+    return Row("gain", size, None, *compare(runs, repeats, matrix.device.type, indices=False))
 
 
 def clustered(tokens: int, dim: int, generator: torch.Generator, clusters: int = 48) -> torch.Tensor:
@@ -144,39 +230,68 @@ def clustered(tokens: int, dim: int, generator: torch.Generator, clusters: int =
     return centres[assignment] + 0.7 * torch.randn(tokens, dim, generator=generator)
 
 
-def main() -> None:
+def bench_size(size: str, args: argparse.Namespace) -> list[Row]:
+    """Every op on one ``NxD`` size, printed as it goes."""
+    rows = []
+
+    def emit(row: Row) -> None:
+        rows.append(row)
+        print(format_row(row), flush=True)
+
+    n, dim = (int(v) for v in size.split("x"))
+    g = torch.Generator().manual_seed(0)
+    vision = clustered(n, dim, g).to(args.device)
+    text = clustered(TEXT_TOKENS, dim, g).to(args.device)
+    clip = clustered(n, CLIP_DIM, g).to(args.device)
+    emit(bench_similarity(vision, size, args.repeats))
+    for k in args.ks:
+        if k <= n:
+            emit(bench_k_center(vision, size, k, args.repeats))
+    build_ms, matrix = timed(
+        lambda: functional.coverage_matrix(text, vision, clip), args.repeats, args.device
+    )
+    emit(bench_coverage_gain(matrix, size, args.repeats))
+    for k in args.ks:
+        if k <= n:
+            emit(bench_coverage(matrix, size, k, args.repeats))
+    built = f"building C = [P; alpha Q] ({TEXT_TOKENS} text tokens): {build_ms:.1f}ms for every version"
+    print(f"{'':11} {size:>10} {built}", flush=True)
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--sizes", nargs="+", default=["576x1024", "2880x4096"], help="NxD of the visual tokens"
     )
     parser.add_argument("--ks", nargs="+", type=int, default=[64, 128, 192])
     parser.add_argument("--repeats", type=int, default=3)
+    ks = " ".join(map(str, QUICK["ks"]))
+    quick = f"--sizes {' '.join(QUICK['sizes'])} --ks {ks} --repeats {QUICK['repeats']}"
+    parser.add_argument("--quick", action="store_true", help=f"a small run: {quick} (options given win)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        given = set(sys.argv[1:] if argv is None else argv)
+        for name, value in QUICK.items():
+            if f"--{name}" not in given:
+                setattr(args, name, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"device={args.device} threads={torch.get_num_threads()} backend={kernels.get_backend()} fp32")
-    header = (
-        f"{'op':10} {'N x D':>10} {'k':>4} {'straightforward':>16} {'vectorised':>15} {'library':>9} "
-        f"{'speedup':>8}  {'same':>7}"
-    )
-    print(header)
-    print("-" * len(header))
+    print("paper loop: the paper's computation step by step; torch path: what vlm_compress runs here")
+    print(HEADER)
+    print("-" * len(HEADER))
+    rows = []
     for size in args.sizes:
-        n, dim = (int(v) for v in size.split("x"))
-        g = torch.Generator().manual_seed(0)
-        vision = clustered(n, dim, g).to(args.device)
-        text = clustered(TEXT_TOKENS, dim, g).to(args.device)
-        clip = clustered(n, CLIP_DIM, g).to(args.device)
-        for k in args.ks:
-            bench_k_center(vision, size, k, args.repeats)
-        build_ms, matrix = build_matrix(text, vision, clip, args.repeats)
-        for k in args.ks:
-            bench_coverage(matrix, size, k, args.repeats)
-        print(
-            f"{'':10} {size:>10} building C = [P; alpha Q] ({TEXT_TOKENS} text tokens): {build_ms:.1f}ms for every version"
-        )
+        rows += bench_size(size, args)
+    return rows
 
 
 if __name__ == "__main__":

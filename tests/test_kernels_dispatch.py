@@ -8,10 +8,13 @@ import warnings
 import pytest
 import torch
 
-from vlm_compress import kernels
+from vlm_compress import functional, kernels
 from vlm_compress.kernels import _dispatch
 from vlm_compress.kernels.coverage_gain import reference as coverage_reference
 from vlm_compress.kernels.k_center import reference as k_center_reference
+from vlm_compress.kernels.pairwise_similarity import reference as similarity_reference
+
+from .helpers import duplicate_rows, plain_k_center, plain_mmtok_coverage
 
 
 @pytest.fixture(autouse=True)
@@ -115,6 +118,58 @@ def test_pairwise_similarity_torch_path():
     assert torch.all(out[0, 1] == 0)
     with pytest.raises(ValueError, match="same D"):
         kernels.pairwise_similarity(a, torch.randn(2, 3, 7))
+
+
+# small odd sizes put copies in the ragged tails of BLAS kernels, where a matrix(-vector) product summed them
+# in another order than their originals (k-center picked a copy before a lower one; MMTok with two threads)
+DUPLICATE_SIZES = [
+    pytest.param(distinct, repeat, padded, pad, id=f"{distinct}x{repeat}+{padded}{pad[0]}")
+    for distinct, repeat, padded in ((3, 2, 1), (5, 3, 4), (7, 3, 3), (11, 2, 5), (9, 4, 7))
+    for pad in ("zeros", "constant")
+]
+
+
+@pytest.fixture()
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the split over threads is one of the orders that differed
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("distinct", "repeat", "padded", "pad"), DUPLICATE_SIZES)
+def test_torch_paths_on_exact_duplicates_are_the_plain_loops(distinct, repeat, padded, pad, two_threads):
+    for seed in range(3):
+        dims = (17 + seed, 33, 17 + seed)
+        vision, clip, text = duplicate_rows(
+            *dims, distinct=distinct, repeat=repeat, padded=padded, pad=pad, seed=seed
+        )
+        text, n = text[::5], vision.shape[0]
+        assert kernels.k_center(vision, n, first=n // 2).tolist() == plain_k_center(vision, n, n // 2)
+        matrix = functional.coverage_matrix(text, vision, clip)
+        assert functional.greedy_coverage(matrix, n).tolist() == plain_mmtok_coverage(text, vision, clip, n)
+
+
+def test_similarity_reference_gives_copies_identical_values(two_threads):
+    (a,) = duplicate_rows(33, distinct=7, repeat=3, padded=5, pad="constant", seed=4)
+    b = torch.cat([a[:9], torch.randn(4, 33)])
+    first_a = similarity_reference.first_copies(a)
+    assert first_a.tolist() == [next(j for j in range(len(a)) if torch.equal(a[j], row)) for row in a]
+    assert similarity_reference.first_copies(torch.randn(6, 5)) is None  # all rows differ
+    for sim in (kernels.pairwise_similarity(a), kernels.pairwise_similarity(a, b)):
+        assert torch.equal(sim, sim[first_a])
+    sim = kernels.pairwise_similarity(a)
+    assert torch.equal(sim, sim[:, first_a])
+
+
+def test_first_copies_is_exact_when_fingerprints_collide(monkeypatch):
+    # a zero probe gives every row the same fingerprint: the full comparison must still tell rows apart
+    monkeypatch.setattr(similarity_reference, "_probe", lambda x: torch.zeros(x.shape[-1], dtype=x.dtype))
+    x = torch.randn(2, 9, 5)
+    x[:, 6] = x[:, 2]
+    x[1, 8] = x[1, 0]
+    first = similarity_reference.first_copies(x)
+    assert first.tolist() == [[0, 1, 2, 3, 4, 5, 2, 7, 8], [0, 1, 2, 3, 4, 5, 2, 7, 0]]
 
 
 def test_k_center_ties_and_duplicates_by_hand():

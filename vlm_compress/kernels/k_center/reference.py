@@ -8,15 +8,19 @@ whenever ``k < N`` (at 2,880 x 4,096 and k = 64 it is ~9x faster on a CPU than b
 Exact duplicates (padding, flat backgrounds) must tie exactly, so the distance to a centre ``c`` is
 ``s_cc - s_ic``, both from the same similarity row: a copy of ``c`` is at exactly 0, where ``1 - s_ic`` gives
 the rounding error of ``‖x̂_c‖²`` (about ±6e-8, different for every centre), which would then decide which
-duplicate comes next instead of the lowest index. Copies of any row get bit-identical similarities because
-a matrix-vector product computes every output element the same way.
+duplicate comes next instead of the lowest index. That needs copies of any row to get bit-identical
+similarities, which a matrix-vector product does not promise: CPU BLAS kernels sum the rows of a ragged
+tail in another order than the others, and copies then differed by an ulp (for about one in five small
+shapes), which picked e.g. token 6 before its copy 1. So every row reads the similarity of its first copy
+(:func:`~vlm_compress.kernels.pairwise_similarity.reference.first_copies`, found once; nothing to do when
+all rows differ).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..pairwise_similarity.reference import normalize_rows
+from ..pairwise_similarity.reference import first_copies, normalize_rows
 
 
 def centre_distance(
@@ -49,11 +53,14 @@ def k_center(features: torch.Tensor, k: int, first: torch.Tensor) -> torch.Tenso
     selected = torch.empty(batch, k, dtype=torch.long, device=x.device)
     taken = torch.zeros(batch, n, dtype=torch.bool, device=x.device)
     min_dist = torch.full((batch, n), float("inf"), device=x.device)
+    copies = first_copies(x)  # [B, N]: the first row equal to each row; None when all rows differ
     centre = first
     for step in range(k):
         selected[:, step] = centre
         taken[rows, centre] = True
         similarity = torch.bmm(x, x[rows, centre].unsqueeze(-1)).squeeze(-1)  # [B, N]
+        if copies is not None:
+            similarity = similarity.gather(1, copies)
         min_dist = torch.minimum(min_dist, centre_distance(similarity, centre, zero))
         if step + 1 < k:
             centre = min_dist.masked_fill(taken, -float("inf")).argmax(dim=1)
