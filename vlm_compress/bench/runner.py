@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapters.cache_compat import output_cache
+from ..engine.cache_compat import output_cache
 from .measure import DecoderShape, LanguageModelTimer, PeakMemory, cache_bytes, prefill_flops, synchronize
 
 logger = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from PIL import Image
 import vlm_compress as vlmc
 
 from .. import images, viz
-from ..adapters.cache_compat import output_cache
 from ..bench.measure import LanguageModelTimer, cache_bytes
 from ..bench.models import prompt_inputs
+from ..engine.cache_compat import output_cache
 from ..errors import InvalidImageError
 
 # fields every method has; the others are shown as editable hyper-parameters

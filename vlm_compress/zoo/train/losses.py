@@ -29,7 +29,7 @@ This room holds every loss the training run minimises: the answering stage's :fu
 of its terms (:class:`Guidance`), and the vision stage's :func:`vision_loss`, with the probe, the read-out, the
 token dropout and the reference masks they use.
 
-May import: torch, :mod:`vlm_compress.adapters.cache_compat`, :mod:`vlm_compress.zoo.model` and
+May import: torch, :mod:`vlm_compress.engine.cache_compat`, :mod:`vlm_compress.zoo.model` and
 :mod:`vlm_compress.zoo.shapes`; no other training room.
 """
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...adapters.cache_compat import cache_keyword, output_cache
+from ...engine.cache_compat import cache_keyword, output_cache
 from .. import model as zoo_model
 from .. import shapes
 
