@@ -538,3 +538,11 @@ def test_an_offloaded_model_is_not_mistaken_for_an_empty_one():
     with vlmc.compress(model, "uniform", budget=8) as run:
         model(**inputs)
     assert run.report.images[0].tokens_after == 8
+
+
+def test_a_budget_set_after_construction_is_validated_too(model):
+    """A method validates its budget whenever it is set; the per-image resolution in a call trusts it."""
+    method = vlmc.get_method("uniform", budget=8)
+    with pytest.raises(vlmc.BudgetError, match="at least 1"):
+        method.budget = 0
+    assert method.budget == 8

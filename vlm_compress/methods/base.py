@@ -60,13 +60,15 @@ def check_budget(budget: Any) -> None:
         _check_budget_value(budget, where="budget")
 
 
-def resolve_budget(budget: Budget, num_tokens: int, image_index: int = 0) -> int:
+def resolve_budget(budget: Budget, num_tokens: int, image_index: int = 0, *, checked: bool = False) -> int:
     """Number of tokens to keep for an image of ``num_tokens`` tokens.
 
     ``int``: that many tokens (must be ``<= num_tokens``); ``float`` in (0, 1]: ``round(budget * num_tokens)``,
-    at least 1; a list or tuple gives one budget per image of the call, in batch order.
+    at least 1; a list or tuple gives one budget per image of the call, in batch order. ``checked=True``: the
+    budget's type and range were validated already (a :class:`Method` validates its budget when it is set).
     """
-    check_budget(budget)
+    if not checked:
+        check_budget(budget)
     if isinstance(budget, (list, tuple)):
         if image_index >= len(budget):
             raise BudgetError(
@@ -108,9 +110,14 @@ class Method:
     #: ``budget=None`` is allowed: the method then sizes its selection by its own rule (GlobalCom²'s ratio)
     budget_optional: ClassVar[bool] = False
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # the one place a method's budget is validated (at construction and on any later assignment), so the
+        # per-image resolution during a call trusts it
+        if name == "budget" and (value is not None or not self.budget_optional):
+            check_budget(value)
+        super().__setattr__(name, value)
+
     def __post_init__(self) -> None:
-        if self.budget is not None or not self.budget_optional:
-            check_budget(self.budget)
         check_choice(self.name, "order", self.order, ORDERS)
 
     # -- to override -----------------------------------------------------------------------------------
@@ -161,11 +168,11 @@ class Method:
         return policy
 
     def num_to_keep(self, ctx: VisualContext) -> int:
-        return resolve_budget(self.budget, ctx.num_tokens, ctx.image_index)
+        return resolve_budget(self.budget, ctx.num_tokens, ctx.image_index, checked=True)
 
     def full_budget(self, num_tokens: int, image_index: int = 0) -> bool:
         """Whether ``budget`` keeps every one of the ``num_tokens`` tokens of image ``image_index``."""
-        return resolve_budget(self.budget, num_tokens, image_index) == num_tokens
+        return resolve_budget(self.budget, num_tokens, image_index, checked=True) == num_tokens
 
     def keep_all(self, ctx: VisualContext, scores: torch.Tensor | None = None) -> Selection:
         """Every token in its original order: what a full budget selects (the adapter then changes nothing)."""

@@ -53,5 +53,5 @@ class FastV(Method):
         return keep_top_attended(
             ctx.attention,
             ctx.image_of,
-            lambda image, n: resolve_budget(self.budget, ctx.tokens_before[image], image),
+            lambda image, n: resolve_budget(self.budget, ctx.tokens_before[image], image, checked=True),
         )

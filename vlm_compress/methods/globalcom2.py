@@ -90,7 +90,7 @@ class GlobalCom2(Method):
     def num_to_keep(self, ctx: VisualContext) -> int:
         if self.budget is None:
             return max(1, math.floor(ctx.num_tokens * self.retention_ratio))
-        return resolve_budget(self.budget, ctx.num_tokens, ctx.image_index)
+        return resolve_budget(self.budget, ctx.num_tokens, ctx.image_index, checked=True)
 
     def select(self, ctx: VisualContext) -> Selection:
         if not ctx.crops or ctx.thumbnail is None:
