@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from vlm_compress.context import LayerContext
 from vlm_compress.functional import keep_top_attended
+from vlm_compress.views import LayerContext
 
 
 def _reference(ctx: LayerContext, keep_count) -> torch.Tensor:

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from vlm_compress.context import Signals, TokenRegion, VisualContext
 from vlm_compress.errors import BudgetError
 from vlm_compress.functional import (
     combined_crop_scores,
@@ -19,6 +18,7 @@ from vlm_compress.functional import (
 )
 from vlm_compress.methods.globalcom2 import GlobalCom2
 from vlm_compress.selection import Selection
+from vlm_compress.views import Signals, TokenRegion, VisualContext
 
 
 def test_crop_sums_cover_equal_blocks_of_the_thumbnail():

@@ -256,7 +256,7 @@ def fake_context(model_type, question):
         "text_embeds": lambda: torch.randn(5, 8, generator=generator),
         "vision_features": lambda: torch.randn(12, 6, generator=generator),
     }
-    from vlm_compress.context import Signals, VisualContext
+    from vlm_compress.views import Signals, VisualContext
 
     return VisualContext(features=features, model_type=model_type, signals=Signals(signals)), embedder
 

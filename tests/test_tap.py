@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 import vlm_compress as vlmc
-from vlm_compress.context import Signals, VisualContext
 from vlm_compress.errors import AlreadyPatchedError, MissingSignalError
 from vlm_compress.functional import dilated_avg_pool
 from vlm_compress.functional.tap import split_regions, token_aware_regions
@@ -20,6 +19,7 @@ from vlm_compress.tap import (
     insert_tap,
     recorded_scale_weights,
 )
+from vlm_compress.views import Signals, VisualContext
 
 from .helpers import hook_state
 

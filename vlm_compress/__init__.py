@@ -12,7 +12,6 @@ import importlib
 from typing import Any
 
 from . import functional, methods
-from .context import LayerContext, Signals, TokenRegion, VisualContext
 from .errors import (
     AlreadyPatchedError,
     BudgetError,
@@ -30,6 +29,7 @@ from .methods.base import Method
 from .patching import CompressionHandle, active_handle, compress, patch
 from .registry import describe_methods, get_method, list_adapters, list_methods, register_method
 from .selection import Report, Selection
+from .views import LayerContext, Signals, TokenRegion, VisualContext
 
 __version__ = "0.1.0"
 

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..context import Signals, VisualContext
 from ..engine.sequence import ImageSlot
 from ..errors import InputMismatchError
+from ..views import Signals, VisualContext
 from . import text_signals, vision_towers
 from .base import Adapter
 from .placeholders import assign_image_slots

@@ -7,11 +7,11 @@ an ``image_newline`` token closes every row of that grid. The language model see
 
     [thumbnail s*s tokens] [grid row 0 ... newline] [grid row 1 ... newline] ...
 
-What a method sees (:class:`~vlm_compress.context.VisualContext`):
+What a method sees (:class:`~vlm_compress.views.VisualContext`):
 
 - ``features``: the *content* tokens only (thumbnail, then the un-padded grid in raster order), no newlines;
   budgets count these. ``grid`` is ``None`` (the flat list is not one grid).
-- ``thumbnail``: a :class:`~vlm_compress.context.TokenRegion` with its ``(s, s)`` grid and its own [CLS] attention.
+- ``thumbnail``: a :class:`~vlm_compress.views.TokenRegion` with its ``(s, s)`` grid and its own [CLS] attention.
 - ``crops``: one region per crop in row-major layout order, ``position=(row, col)``, ``grid=(s, s)``, ``valid``
   the ``[s, s]`` mask of its un-padded tokens; ``indices`` and the signals cover the valid tokens only.
 - ``cls_attention`` (flat): each token's attention in its own encoder pass (thumbnail or crop);
@@ -40,9 +40,9 @@ from transformers.models.llava_next.modeling_llava_next import (
     unpad_image,
 )
 
-from ..context import Signals, TokenRegion, VisualContext
 from ..engine.sequence import ImageSlot
 from ..errors import InputMismatchError, UnsupportedModelError
+from ..views import Signals, TokenRegion, VisualContext
 from .llava import LlavaAdapter
 from .placeholders import assign_image_slots
 from .vision_towers import ImageSignals

@@ -29,9 +29,9 @@ from typing import Any, ClassVar
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..context import Signals, VisualContext
 from ..engine.sequence import ImageSlot, SequencePlan, gather_columns
 from ..errors import InputMismatchError, UnsupportedModelError
+from ..views import Signals, VisualContext
 from . import text_signals
 from .base import Adapter
 from .placeholders import assign_image_slots, placeholder_blocks

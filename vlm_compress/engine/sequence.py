@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..context import VisualContext
 from ..selection import Selection
+from ..views import VisualContext
 from .cache_compat import call_cache
 
 

@@ -4,7 +4,7 @@ On a call with images the session
 
 1. asks the adapter where the image tokens are and to encode the images once into
    :class:`~vlm_compress.engine.sequence.ImageSlot` s, one per image, each with its
-   :class:`~vlm_compress.context.VisualContext`;
+   :class:`~vlm_compress.views.VisualContext`;
 2. runs the method on every image, times it and records it in the report;
 3. plans and rewrites the multimodal sequence (:mod:`.sequence`) so the language model really receives fewer
    positions, with the adapter computing positions;

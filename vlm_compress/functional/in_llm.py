@@ -3,7 +3,7 @@
 In-LLM methods (FastV, ToDRE, ...) rank the columns of the sequence just before a decoder layer: ``attention``
 ``[B, L]`` is the head-averaged attention the prompt's last token gives every column, ``image_of`` ``[B, L]``
 the image index of every visual column (``-1`` for text and padding), as
-:class:`~vlm_compress.context.LayerContext` carries them. The result is a ``[B, L]`` bool keep mask over the
+:class:`~vlm_compress.views.LayerContext` carries them. The result is a ``[B, L]`` bool keep mask over the
 visual columns.
 
 May import torch and the rest of ``functional/`` only: no contexts, no methods, no models, no hooks.

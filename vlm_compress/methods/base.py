@@ -1,11 +1,11 @@
 """The base class of every compression method.
 
 A method is a small ``@dataclass`` whose fields are its hyper-parameters (named as in its paper). It sees one
-image at a time through a :class:`~vlm_compress.context.VisualContext` and returns a
+image at a time through a :class:`~vlm_compress.views.VisualContext` and returns a
 :class:`~vlm_compress.selection.Selection`. Score-then-top-k methods implement :meth:`Method.score`; greedy or
 structured methods implement :meth:`Method.select`. Methods that also prune inside the language model
 (stage 2) implement :meth:`Method.prune_layers` and :meth:`Method.prune_visual` (see
-:class:`~vlm_compress.context.LayerContext`); :meth:`Method.prune` keeps every column of an image whose budget
+:class:`~vlm_compress.views.LayerContext`); :meth:`Method.prune` keeps every column of an image whose budget
 keeps all its tokens, so a full budget turns stage 2 off in every method.
 
 Hyper-parameters are checked in ``__post_init__`` with :mod:`vlm_compress.methods.validate`.
@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..context import LayerContext, VisualContext
 from ..errors import BudgetError
 from ..functional import topk_indices
 from ..selection import ORDERS, POSITION_POLICIES, Selection
+from ..views import LayerContext, VisualContext
 from .validate import check_choice
 
 Budget = int | float | Sequence[int | float]

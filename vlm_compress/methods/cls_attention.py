@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..context import VisualContext
+from ..views import VisualContext
 from .base import CONTIGUOUS_ON_LLAVA, Method
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..context import LayerContext, VisualContext
 from ..functional import keep_top_attended
 from ..selection import Selection
+from ..views import LayerContext, VisualContext
 from .base import Method, resolve_budget
 from .validate import check_int
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..context import VisualContext
 from ..errors import BudgetError
 from ..functional import topk_indices
 from ..functional.globalcom2 import (
@@ -20,6 +19,7 @@ from ..functional.globalcom2 import (
     thumbnail_prior_per_crop,
 )
 from ..selection import Selection
+from ..views import VisualContext
 from .base import CONTIGUOUS_ON_LLAVA, Budget, Method, resolve_budget
 from .validate import check_number
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..context import VisualContext
 from ..functional import mmtok_coverage
 from ..selection import Selection
+from ..views import VisualContext
 from .base import CONTIGUOUS_ON_LLAVA, Method
 from .validate import check_choice, check_number
 

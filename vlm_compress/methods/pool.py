@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..context import VisualContext
 from ..functional import cell_average_pool, merge_by_groups, uniform_grid_indices
 from ..selection import Selection
+from ..views import VisualContext
 from .base import Method
 
 

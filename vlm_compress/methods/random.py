@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..context import VisualContext
 from ..selection import Selection
+from ..views import VisualContext
 from .base import Method
 
 

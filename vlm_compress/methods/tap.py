@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..context import VisualContext
 from ..functional import merge_by_groups
 from ..functional.tap import (
     acceptance_scale_weights,
@@ -15,6 +14,7 @@ from ..functional.tap import (
     token_aware_regions,
 )
 from ..selection import Selection
+from ..views import VisualContext
 from .base import Method
 from .validate import check_choice, check_int, check_number
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..context import LayerContext, VisualContext
 from ..functional import k_center, keep_top_attended, max_sum_diversification
 from ..selection import Selection
+from ..views import LayerContext, VisualContext
 from .base import Budget, Method
 from .validate import check_choice, check_int, check_number, is_int
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..context import VisualContext
 from ..functional import bipartite_soft_matching, merge_by_groups
 from ..selection import Selection
+from ..views import VisualContext
 from .base import Method
 from .validate import check_choice
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..context import VisualContext
 from ..functional import uniform_grid_indices
 from ..selection import Selection
+from ..views import VisualContext
 from .base import Method
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...context import LayerContext
 from ...errors import InputMismatchError, UnsupportedModelError
+from ...views import LayerContext
 from ..cache_compat import call_cache
 from ..state import CallState, CallStates, PrunedCache, PrunedPass, Segment
 from ..undo import UndoRecorder
