@@ -27,6 +27,8 @@ def k_center(features: torch.Tensor, k: int, *, first: int | torch.Tensor) -> to
     n = features.shape[-2]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k_center: k must be an int in [1, {n}] (number of tokens), got {k!r}")
+    if not torch.isfinite(features).all():
+        raise ValueError("k_center: features contain NaN or Inf")
     single = features.dim() == 2
     x = features.unsqueeze(0) if single else features
     first_t = torch.as_tensor(first, device=x.device, dtype=torch.long).reshape(-1)
