@@ -49,7 +49,7 @@ $(NEWEST_BIN)/python:
 
 $(NEWEST_STAMP): pyproject.toml | $(NEWEST_BIN)/python
 	$(NEWEST_BIN)/python -c "import torch" 2>/dev/null || $(NEWEST_BIN)/pip install -q "$(TORCH_SPEC)"
-	$(NEWEST_BIN)/pip install -q -e ".[triton,dev]"
+	$(NEWEST_BIN)/pip install -q -e ".[triton,eval,dev]"
 	$(NEWEST_BIN)/pip install -q --upgrade "$(NEWEST_TRANSFORMERS)"
 	touch $@
 
