@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -29,23 +31,31 @@ def top_attended_drop(attention_row: torch.Tensor, input_ids: torch.Tensor, keep
     return drop
 
 
-def masked_logits(model, inputs, layer: int, drop: torch.Tensor) -> torch.Tensor:
-    """Unpatched eager run where the dropped columns are masked out as keys for every layer >= ``layer``."""
-    handles = []
+@contextmanager
+def keys_hidden(model, layer: int, drop: torch.Tensor):
+    """Unpatched passes where the ``drop`` columns of the prompt are masked out as keys for every layer >=
+    ``layer``; columns past the prompt (generated tokens on the cache) stay visible."""
 
     def hide(module, args, kwargs):
         mask = kwargs["attention_mask"]
-        hidden = mask.masked_fill(drop[:, None, None, :], torch.finfo(mask.dtype).min)
+        keys = torch.zeros(drop.shape[0], mask.shape[-1], dtype=torch.bool)
+        keys[:, : drop.shape[1]] = drop
+        hidden = mask.masked_fill(keys[:, None, None, :], torch.finfo(mask.dtype).min)
         return args, {**kwargs, "attention_mask": hidden}
 
-    for index, block in enumerate(model.model.language_model.layers):
-        if index >= layer:
-            handles.append(block.register_forward_pre_hook(hide, with_kwargs=True))
+    blocks = list(model.model.language_model.layers)[layer:]
+    handles = [block.register_forward_pre_hook(hide, with_kwargs=True) for block in blocks]
     try:
-        return model(**inputs).logits
+        yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def masked_logits(model, inputs, layer: int, drop: torch.Tensor) -> torch.Tensor:
+    """Unpatched eager run where the dropped columns are masked out as keys for every layer >= ``layer``."""
+    with keys_hidden(model, layer, drop):
+        return model(**inputs).logits
 
 
 @pytest.fixture(scope="module")
@@ -117,25 +127,8 @@ def test_fastv_logits_equal_masked_reference(four_layers, impl):
 def masked_generate(model, inputs, layer: int, drop: torch.Tensor, steps: int):
     """The unpatched model's own ``generate`` (cache, masks, positions as transformers does them) with the dropped
     prompt columns hidden as keys from every layer >= ``layer``, at the prefill and at every decode step."""
-    handles = []
-
-    def hide(module, args, kwargs):
-        mask = kwargs["attention_mask"]
-        keys = torch.zeros(drop.shape[0], mask.shape[-1], dtype=torch.bool)
-        keys[:, : drop.shape[1]] = drop
-        return args, {
-            **kwargs,
-            "attention_mask": mask.masked_fill(keys[:, None, None, :], torch.finfo(mask.dtype).min),
-        }
-
-    for index, block in enumerate(model.model.language_model.layers):
-        if index >= layer:
-            handles.append(block.register_forward_pre_hook(hide, with_kwargs=True))
-    try:
+    with keys_hidden(model, layer, drop):
         return greedy(model, inputs, steps)
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def greedy(model, inputs, steps: int):
