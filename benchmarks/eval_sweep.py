@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from vlm_compress import zoo
+from vlm_compress.cli import parse_budget
 from vlm_compress.eval import FULL, Setting, get_task
-from vlm_compress.eval.cli import load_model, parse_budget
 from vlm_compress.eval.runner import predict, score_setting
 
 
@@ -32,7 +33,7 @@ def main() -> None:
 
     task = get_task(args.task)
     samples = task.load(args.data_dir, args.limit)
-    model, processor = load_model(args.model)
+    model, processor = zoo.load(args.model)
     settings = [Setting(FULL)] + [
         Setting(method, parse_budget(budget))
         for method in args.methods.split(",")

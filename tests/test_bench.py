@@ -10,7 +10,7 @@ import torch
 import vlm_compress as vlmc
 from vlm_compress.bench import (
     DecoderShape,
-    Variant,
+    Setting,
     cache_bytes,
     prefill_flops,
     run,
@@ -18,9 +18,9 @@ from vlm_compress.bench import (
     to_json,
     to_markdown,
 )
-from vlm_compress.bench.models import SYNTHETIC, ToyProcessor, prompt_inputs
 from vlm_compress.cli import main
-from vlm_compress.zoo.synthetic import tiny_inputs
+from vlm_compress.zoo.inputs import prompt_inputs
+from vlm_compress.zoo.synthetic import SYNTHETIC, ToyProcessor, tiny_inputs
 
 from .helpers import hook_state
 
@@ -61,7 +61,7 @@ def test_runner_measures_full_and_method_and_leaves_the_model_untouched(tiny_lla
     inputs = tiny_inputs(tiny_llava, [1])
     before = hook_state(tiny_llava)
     results = run(
-        tiny_llava, inputs, [Variant("uniform", 16)], repeats=2, warmup=1, new_tokens=3, progress=False
+        tiny_llava, inputs, [Setting("uniform", 16)], repeats=2, warmup=1, new_tokens=3, progress=False
     )
     assert hook_state(tiny_llava) == before and vlmc.active_handle(tiny_llava) is None
     full, uniform = results
@@ -139,7 +139,7 @@ def test_synthetic_llava_15_7b_has_the_real_widths():
 
 
 def test_toy_processor_expands_the_image_marker(tiny_llava):
-    from vlm_compress.bench.models import example_scenes
+    from vlm_compress.zoo.inputs import example_scenes
 
     processor = ToyProcessor(tiny_llava)
     inputs = prompt_inputs(processor, example_scenes()[0], "What colour?")
@@ -148,10 +148,10 @@ def test_toy_processor_expands_the_image_marker(tiny_llava):
     assert processor.decode(processor(text="ab")["input_ids"][0]) == "ab"
 
 
-def test_the_default_model_explains_what_to_do_when_it_is_missing(monkeypatch):
+def test_the_default_model_explains_what_to_do_when_it_is_missing(monkeypatch, tmp_path):
     from vlm_compress import zoo
-    from vlm_compress.bench.models import load
+    from vlm_compress.zoo import loading
 
-    monkeypatch.delattr(zoo, "load", raising=False)
-    with pytest.raises(RuntimeError, match="--model"):
-        load("shapes")
+    monkeypatch.setattr(loading, "CHECKPOINTS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="vlmc zoo train --out"):
+        zoo.load("shapes")

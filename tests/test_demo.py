@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 import vlm_compress as vlmc
-from vlm_compress.bench.models import ToyProcessor, example_scenes
 from vlm_compress.cli import build_parser
 from vlm_compress.demo import Demo, DemoInputError, load_image
+from vlm_compress.zoo.inputs import example_scenes
+from vlm_compress.zoo.synthetic import ToyProcessor
 
 from .helpers import hook_state
 

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm_compress.bench.models import ToyProcessor, example_scenes
 from vlm_compress.demo import Demo
+from vlm_compress.zoo.inputs import example_scenes
+from vlm_compress.zoo.synthetic import ToyProcessor
 
 pytestmark = pytest.mark.browser
 

@@ -448,7 +448,7 @@ def test_qwen_pixel_values_that_do_not_match_the_grid():
 
 def test_a_question_holding_an_image_placeholder():
     """The processor would refuse the prompt with its own ValueError; the prompt builder says why first."""
-    from vlm_compress.bench.models import prompt_inputs
+    from vlm_compress.zoo.inputs import prompt_inputs
 
     model = build_tiny("llava", seed=36)
     processor = tiny_processor(model)

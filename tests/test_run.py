@@ -77,7 +77,7 @@ def test_text_guided_methods_run_on_the_tiny_model(tmp_path, capsys):
 
 
 def test_toy_processor_tokenizes_words_like_a_tokenizer():
-    from vlm_compress.bench.models import load
+    from vlm_compress.zoo import load
 
     _, processor = load("tiny")
     words = processor.tokenizer(["red", "star"], is_split_into_words=True, add_special_tokens=False)["input_ids"]
@@ -154,9 +154,9 @@ def test_a_bad_image_file_is_one_clear_line_before_any_model_loads(
 
     from PIL import Image
 
-    import vlm_compress.bench.models as models
+    import vlm_compress.zoo as zoo
 
-    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("the model was loaded before the image"))
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: pytest.fail("the model was loaded before the image"))
     path = tmp_path / "picture.png"
     if content == "half":
         buffer = io.BytesIO()

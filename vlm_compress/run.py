@@ -23,6 +23,7 @@ from .cli import DEFAULT_BUDGET, describe_budget, parse_budget
 from .errors import InvalidImageError, VlmcError
 from .images import load_image
 from .selection import POSITION_POLICIES
+from .zoo.settings import FULL
 
 
 @dataclass
@@ -46,26 +47,21 @@ class Row:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def shipped_model_available() -> bool:
-    from .zoo import CHECKPOINTS_DIR
-
-    return (CHECKPOINTS_DIR / "shapes" / "config.json").is_file()
-
-
-def load_model(spec: str | None, *, device: str = "cpu") -> tuple[Any, Any, str, str | None]:
-    """``(model, processor, name, note)`` for ``spec``: ``None`` (the shipped model, else the tiny one),
-    ``"shapes"``, ``"tiny"`` (random weights), or a HuggingFace id / local path of any supported model."""
-    from .bench.models import load
+def pick_model(spec: str | None, *, device: str = "cpu") -> tuple[Any, Any, str, str | None]:
+    """``(model, processor, name, note)`` for ``--model``: ``None`` (the shipped model, else the tiny one) or any
+    spec of :func:`vlm_compress.zoo.load`; checkpoints other than the zoo's load in fp16 on a GPU."""
+    from . import zoo
+    from .zoo.loading import DEFAULT_MODEL, TINY, shipped_model_available
 
     note = None
     if spec is None:
         if shipped_model_available():
-            spec = "shapes"
+            spec = DEFAULT_MODEL
         else:
-            spec = "tiny"
+            spec = TINY
             note = "the trained default model is not installed; using a random-weight tiny LLaVA (answers are noise)"
-    dtype = torch.float16 if device.startswith("cuda") and spec not in ("tiny", "shapes") else torch.float32
-    model, processor = load(spec, dtype=dtype, device=device)
+    dtype = torch.float16 if device.startswith("cuda") and spec not in (TINY, DEFAULT_MODEL) else torch.float32
+    model, processor = zoo.load(spec, dtype=dtype, device=device)
     return model, processor, spec, note
 
 
@@ -117,15 +113,15 @@ def run_job(
     from tqdm.auto import tqdm
 
     from . import compress
-    from .bench.models import prompt_inputs
+    from .zoo.inputs import prompt_inputs
 
     inputs = prompt_inputs(processor, image, question, device=device)
-    rows = {"full": Row(method="full")}
+    rows = {FULL: Row(method=FULL)}
     records: dict[str, Any] = {}
     with torch.no_grad():
-        rows["full"].answer = _generate(model, processor, inputs, max_new_tokens)
+        rows[FULL].answer = _generate(model, processor, inputs, max_new_tokens)
         positions = int(inputs["attention_mask"][0].sum()) if "attention_mask" in inputs else inputs["input_ids"].shape[1]
-        rows["full"].lm_positions = float(positions)
+        rows[FULL].lm_positions = float(positions)
         for name in methods:
             row = rows[name] = Row(method=name)
             try:
@@ -140,23 +136,23 @@ def run_job(
                     records[name] = list(run.report.images)
             except (VlmcError, ValueError, TypeError) as err:
                 row.error = f"{type(err).__name__}: {err}"
-        runnable = ["full"] + [name for name in methods if rows[name].error is None]
+        runnable = [FULL] + [name for name in methods if rows[name].error is None]
         times: dict[str, list[float]] = {name: [] for name in runnable}
         model(**inputs)  # warm-up
         steps = tqdm(total=repeats * len(runnable), desc="timing prefill", disable=not progress, leave=False)
         for _ in range(repeats):
             for name in runnable:
-                if name == "full":
+                if name == FULL:
                     times[name].append(_prefill_ms(model, inputs, device))
                 else:
                     with compress(model, name, budget=budget, processor=processor, position_ids=position_ids):
                         times[name].append(_prefill_ms(model, inputs, device))
                 steps.update()
         steps.close()
-    full_ms = statistics.median(times["full"])
+    full_ms = statistics.median(times[FULL])
     text_config = model.config.get_text_config()
     layers = text_config.num_hidden_layers
-    full_flops = lm_flops([round(rows["full"].lm_positions)] * layers, text_config)
+    full_flops = lm_flops([round(rows[FULL].lm_positions)] * layers, text_config)
     for name in runnable:
         row = rows[name]
         row.prefill_ms = statistics.median(times[name])
@@ -220,7 +216,7 @@ def save_picture(
     and every crop for AnyRes models)."""
     from .viz import model_view, panel_grid, record_overlays
 
-    panels = [("full", model_view(image, processor))]
+    panels = [(FULL, model_view(image, processor))]
     answers = {row.method: row.answer for row in rows}
     for name, images in records.items():
         record = images[0] if images else None
@@ -246,17 +242,17 @@ def format_table(rows: list[Row]) -> str:
         if row.error is not None:
             lines.append(f"{row.method:<14} skipped: {row.error}")
             continue
-        tokens = f"{row.visual_tokens_after}/{row.visual_tokens_before}" if row.method != "full" else "all"
+        tokens = f"{row.visual_tokens_after}/{row.visual_tokens_before}" if row.method != FULL else "all"
         answer = row.answer if len(row.answer) <= 12 else row.answer[:11] + "…"
         positions = row.schedule or f"{row.lm_positions:.0f}"
-        policy = row.position_ids if row.method != "full" else "-"
+        policy = row.position_ids if row.method != FULL else "-"
         lines.append(
             f"{row.method:<14} {answer:<12} {tokens:>13} {policy:<12} {positions:<26} {100 * row.lm_flops:>7.0f}% "
             f"{row.prefill_ms:>10.1f} {row.speedup:>6.2f}x"
         )
-        if row.method != "full" and row.speedup < 1.0:
+        if row.method != FULL and row.speedup < 1.0:
             slower.append(row)
-    full = next((row for row in rows if row.method == "full"), None)
+    full = next((row for row in rows if row.method == FULL), None)
     lines += [
         "",
         "position ids: 'original' (kept tokens keep their ids) or 'contiguous' (renumbered 0..L'-1), each method's "
@@ -323,7 +319,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"vlmc run: --image: {err}", file=sys.stderr)
             return 2
     question = args.question or question
-    model, processor, model_name, note = load_model(args.model, device=args.device)
+    model, processor, model_name, note = pick_model(args.model, device=args.device)
     if note and not args.json:
         print(f"note: {note}", file=sys.stderr)
     try:

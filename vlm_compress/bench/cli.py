@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from .models import DEFAULT_MODEL, DTYPES, SYNTHETIC
+    from ..zoo.loading import DEFAULT_MODEL, DTYPES
+    from ..zoo.synthetic import SYNTHETIC
 
     parser = subparsers.add_parser(
         "bench",
@@ -72,10 +73,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from . import models, runner
+    from .. import zoo
+    from ..zoo import inputs as prompting
+    from ..zoo.loading import resolve_device, resolve_dtype
+    from ..zoo.settings import Setting
+    from . import runner
 
-    dtype = models.resolve_dtype(args.dtype)
-    device = models.resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype)
+    device = resolve_device(args.device)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     budgets = [parse_budget(b.strip()) for b in args.budgets.split(",") if b.strip()]
     import vlm_compress as vlmc
@@ -83,10 +88,12 @@ def main(args: argparse.Namespace) -> int:
     for name in methods:
         vlmc.get_method(name, budget=budgets[0])  # unknown names and bad budgets fail before any loading
     if args.synthetic:
-        model = models.synthetic(
+        from ..zoo.synthetic import synthetic_inputs
+
+        model, _ = zoo.load(
             args.synthetic, layers=args.layers, vision_layers=args.vision_layers, dtype=dtype, device=device
         )
-        inputs = models.synthetic_inputs(model, args.text_tokens)
+        inputs = synthetic_inputs(model, args.text_tokens)
         inputs = {k: v.to(device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         source = (
@@ -97,16 +104,16 @@ def main(args: argparse.Namespace) -> int:
         from ..images import load_image
 
         try:
-            image = load_image(args.image) if args.image else models.example_scenes()[0]
+            image = load_image(args.image) if args.image else prompting.example_scenes()[0]
         except InvalidImageError as err:
             print(f"vlmc bench: --image: {err}", file=sys.stderr)
             return 2
-        model, processor = models.load(args.model, dtype=dtype, device=device)
-        inputs = models.prompt_inputs(processor, image, args.question, device=device, dtype=dtype)
+        model, processor = zoo.load(args.model, dtype=dtype, device=device)
+        inputs = prompting.prompt_inputs(processor, image, args.question, device=device, dtype=dtype)
         source = args.model
-    variants = [runner.Variant(m, b) for m in methods for b in budgets]
+    settings = [Setting(m, b) for m in methods for b in budgets]
     results = runner.run(
-        model, inputs, variants, repeats=args.repeats, warmup=args.warmup, new_tokens=args.new_tokens
+        model, inputs, settings, repeats=args.repeats, warmup=args.warmup, new_tokens=args.new_tokens
     )
     meta = {
         "model": source,

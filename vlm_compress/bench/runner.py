@@ -20,25 +20,10 @@ import torch
 from torch import nn
 
 from ..engine.cache_compat import output_cache
+from ..zoo.settings import FULL, Setting
 from .measure import DecoderShape, LanguageModelTimer, PeakMemory, cache_bytes, prefill_flops, synchronize
 
 logger = logging.getLogger(__name__)
-
-FULL = "full"
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One configuration to measure: ``method`` ``"full"`` means the unpatched model."""
-
-    method: str
-    budget: int | float | None = None
-    params: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def label(self) -> str:
-        return FULL if self.method == FULL else f"{self.method}@{self.budget}"
-
 
 @dataclass
 class Sample:
@@ -89,7 +74,7 @@ def _count_visual_tokens(inputs: dict[str, Any], model: nn.Module) -> int:
 
 
 @torch.inference_mode()
-def measure_once(model: nn.Module, inputs: dict[str, Any], variant: Variant, *, new_tokens: int) -> Sample:
+def measure_once(model: nn.Module, inputs: dict[str, Any], setting: Setting, *, new_tokens: int) -> Sample:
     """Prefill (one ``forward`` with cache, last logits only) then ``generate`` of exactly ``new_tokens``."""
     import vlm_compress as vlmc
 
@@ -99,8 +84,8 @@ def measure_once(model: nn.Module, inputs: dict[str, Any], variant: Variant, *, 
     )
     visual = _count_visual_tokens(inputs, model)
     handle = None
-    if variant.method != FULL:
-        handle = vlmc.patch(model, variant.method, budget=variant.budget, **dict(variant.params))
+    if setting.method != FULL:
+        handle = vlmc.patch(model, setting.method, budget=setting.budget, **dict(setting.params))
     try:
         with LanguageModelTimer(model) as timer, PeakMemory(device) as memory:
             synchronize(device)
@@ -145,12 +130,12 @@ def _median(samples: list[Sample], name: str) -> float:
     return float(statistics.median(getattr(s, name) for s in samples))
 
 
-def summarise(model: nn.Module, variant: Variant, samples: list[Sample]) -> Result:
+def summarise(model: nn.Module, setting: Setting, samples: list[Sample]) -> Result:
     shape = DecoderShape.from_config(model.config)
     positions = samples[0].positions
     return Result(
-        method=variant.method,
-        budget=variant.budget,
+        method=setting.method,
+        budget=setting.budget,
         visual_tokens=samples[0].visual_tokens,
         positions=positions,
         prefill_lm_ms=_median(samples, "prefill_lm_ms"),
@@ -180,7 +165,7 @@ def compare(full: Result, result: Result) -> Result:
 def run(
     model: nn.Module,
     inputs: dict[str, Any],
-    variants: Sequence[Variant],
+    settings: Sequence[Setting],
     *,
     repeats: int = 5,
     warmup: int = 1,
@@ -192,19 +177,19 @@ def run(
         raise ValueError(
             f"need repeats >= 1, warmup >= 0, new_tokens >= 2; got {repeats}, {warmup}, {new_tokens}"
         )
-    order = [Variant(FULL), *[v for v in variants if v.method != FULL]]
-    samples: dict[Variant, list[Sample]] = {v: [] for v in order}
+    order = [Setting(FULL), *[s for s in settings if s.method != FULL]]
+    samples: dict[Setting, list[Sample]] = {v: [] for v in order}
     rounds = range(warmup + repeats)
     if progress:
         from tqdm.auto import tqdm
 
         rounds = tqdm(rounds, desc="bench rounds", unit="round")
     for round_index in rounds:
-        for variant in order:
-            sample = measure_once(model, inputs, variant, new_tokens=new_tokens)
+        for setting in order:
+            sample = measure_once(model, inputs, setting, new_tokens=new_tokens)
             if round_index >= warmup:
-                samples[variant].append(sample)
-    results = [summarise(model, v, samples[v]) for v in order]
+                samples[setting].append(sample)
+    results = [summarise(model, s, samples[s]) for s in order]
     return [results[0], *[compare(results[0], r) for r in results[1:]]]
 
 
@@ -231,11 +216,7 @@ COLUMNS = [
 
 def unsteady(results: Sequence[Result], tolerance: float = 1.5) -> list[str]:
     """Labels of the variants whose language-model prefill varied by more than ``tolerance`` between rounds."""
-    return [
-        FULL if r.method == FULL else f"{r.method}@{r.budget}"
-        for r in results
-        if r.prefill_lm_spread > tolerance
-    ]
+    return [Setting(r.method, r.budget).label for r in results if r.prefill_lm_spread > tolerance]
 
 
 def _row(result: Result) -> dict[str, Any]:

@@ -22,9 +22,9 @@ import vlm_compress as vlmc
 
 from .. import images, viz
 from ..bench.measure import LanguageModelTimer, cache_bytes
-from ..bench.models import prompt_inputs
 from ..engine.cache_compat import output_cache
 from ..errors import InvalidImageError
+from ..zoo.inputs import prompt_inputs
 
 # fields every method has; the others are shown as editable hyper-parameters
 _COMMON_FIELDS = ("budget", "order")

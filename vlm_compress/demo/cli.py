@@ -6,7 +6,7 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..bench.models import DEFAULT_MODEL, DTYPES
+    from ..zoo.loading import DEFAULT_MODEL, DTYPES
 
     parser = subparsers.add_parser("demo", help="serve a Gradio page comparing full and compressed answers")
     parser.add_argument(
@@ -26,13 +26,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..bench import models
+    from .. import zoo
+    from ..zoo.loading import resolve_device
     from .app import Demo
     from .ui import build
 
-    model, processor = models.load(
-        args.model, dtype=models.resolve_dtype(args.dtype), device=models.resolve_device(args.device)
-    )
+    model, processor = zoo.load(args.model, dtype=args.dtype, device=resolve_device(args.device))
     page = build(Demo(model, processor, max_new_tokens=args.max_new_tokens))
     page.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=False)
     return 0

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..bench.models import example_scenes
+from ..zoo.inputs import example_scenes
 from .app import Demo, DemoInputError
 
 logger = logging.getLogger(__name__)

@@ -17,10 +17,10 @@ from typing import Any
 
 from ..cli import DEFAULT_BUDGETS, parse_budget
 from ..selection import POSITION_POLICIES
+from ..zoo.loading import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "shapes"
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -109,35 +109,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     configure(parser)
 
 
-def load_model(spec: str, dtype: str = "float32") -> tuple[Any, Any]:
-    """``(model, processor)`` for ``--model``: ``"shapes"`` is the embedded model, anything else goes through
-    ``AutoModelForImageTextToText`` / ``AutoProcessor.from_pretrained`` (a local folder, or a hub id where the
-    hub is reachable)."""
-    import torch
-
-    torch_dtype = getattr(torch, dtype)
-    if spec == DEFAULT_MODEL:
-        from .. import zoo
-
-        if not hasattr(zoo, "load"):
-            raise ImportError(
-                "the embedded model (vlm_compress.zoo.load) is not in this installation; pass --model PATH"
-            )
-        model, processor = zoo.load(spec)
-        return model.to(torch_dtype).eval(), processor
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    try:
-        processor = AutoProcessor.from_pretrained(spec)
-        model = AutoModelForImageTextToText.from_pretrained(spec, dtype=torch_dtype)
-    except OSError as err:
-        raise OSError(f"could not load --model {spec!r} (a checkpoint folder, or a hub id): {err}") from err
-    return model.eval(), processor
-
-
 def _settings(args: argparse.Namespace) -> list:
     from ..registry import list_methods
-    from .runner import FULL, Setting
+    from ..zoo.settings import FULL, Setting
 
     methods = list_methods() if args.methods == "all" else _comma_list(args.methods)
     unknown = [m for m in methods if m not in list_methods() and m != FULL]
@@ -199,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     settings = _settings(args)
     method_kwargs = parse_method_args(args.method_arg)
-    from .runner import FULL
+    from ..zoo.settings import FULL
 
     if args.position_ids is not None:  # part of the run identity: a cache of the other policy is not reused
         for setting in settings:
@@ -219,8 +193,9 @@ def run(args: argparse.Namespace) -> int:
         _check_run_identity(output_dir, identity, args.overwrite)
     state.wait_for_everyone()
     samples = task.load(args.data_dir, args.limit)
-    model, processor = load_model(args.model, args.dtype)
-    model.to(state.device)
+    from ..zoo import load
+
+    model, processor = load(args.model, dtype=args.dtype, device=state.device)
     from ..errors import VlmcError
 
     try:

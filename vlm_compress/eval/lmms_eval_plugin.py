@@ -27,7 +27,7 @@ except ImportError as err:  # only lmms-eval imports this module
     raise ImportError("the vlmc_llava model class needs lmms-eval: pip install lmms-eval") from err
 
 from ..patching import patch
-from .cli import load_model
+from ..zoo import load
 from .prompts import conversation
 
 MODEL_NAME = "vlmc_llava"
@@ -58,8 +58,8 @@ class VlmcLlava(lmms):
         self._rank = accelerator.process_index
         self._world_size = accelerator.num_processes
         self.batch_size_per_gpu = int(batch_size)
-        model, processor = load_model(str(pretrained), dtype)
-        self._model = model.to(self._device)
+        model, processor = load(str(pretrained), dtype=dtype, device=self._device)
+        self._model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.method = method

@@ -20,32 +20,11 @@ from typing import Any
 import torch
 
 from ..errors import VlmcError
+from ..zoo.settings import FULL, Setting
 from .prompts import build_prompt
 from .tasks.base import EvalSample, Task
 
 logger = logging.getLogger(__name__)
-
-FULL = "full"
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One point of the sweep: a registered method at a budget, or ``Setting(FULL)``, the uncompressed model."""
-
-    method: str
-    budget: int | float | None = None
-
-    def __post_init__(self) -> None:
-        if self.method != FULL and self.budget is None:
-            raise ValueError(
-                f"setting {self.method!r} needs a budget (tokens per image, or a fraction in (0, 1])"
-            )
-
-    @property
-    def key(self) -> str:
-        """``"full"`` or ``"<method>-<budget>"``: the setting's name in caches and reports."""
-        return FULL if self.method == FULL else f"{self.method}-{self.budget}"
-
 
 @dataclass
 class SettingResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -161,22 +161,6 @@ def read_jsonl(path: Path, *, task: str, layout: str) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"{task}: {path} not found. {layout}")
     with path.open(encoding="utf-8") as file:
         return [json.loads(line) for line in file if line.strip()]
-
-
-def first_groups(samples: list[EvalSample], limit: int | None, key: Callable[[EvalSample], Any]) -> list[EvalSample]:
-    """The samples of the first ``limit`` groups (in order of first appearance), e.g. whole MME image pairs."""
-    if limit is None:
-        return samples
-    kept: set[Any] = set()
-    out = []
-    for sample in samples:
-        group = key(sample)
-        if group not in kept:
-            if len(kept) == limit:
-                continue
-            kept.add(group)
-        out.append(sample)
-    return out
 
 
 def decode_base64_image(data: str) -> bytes:

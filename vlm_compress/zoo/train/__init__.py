@@ -42,7 +42,7 @@ imports the rooms (and re-exports ``resolve_device``, which training uses) and n
 
 from __future__ import annotations
 
-from ...bench.models import resolve_device
+from ..loading import resolve_device
 from .config import TrainConfig
 from .data import curriculum_max_objects, stack_targets, training_batches, vision_batches
 from .loop import answer_accuracy, probe_accuracy, train

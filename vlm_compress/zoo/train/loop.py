@@ -3,7 +3,7 @@ answer accuracy), saves the best answering model and ``last.pt`` checkpoints, an
 
 May import: every other training room (:mod:`.config`, :mod:`.data`, :mod:`.losses`, :mod:`.recipes`),
 :mod:`vlm_compress.zoo.model`, :mod:`vlm_compress.zoo.shapes`, :mod:`vlm_compress.zoo.evaluate` (lazily) and the
-device resolution of :mod:`vlm_compress.bench.models`.
+device resolution of :mod:`vlm_compress.zoo.loading`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ...bench.models import resolve_device
 from .. import model as zoo_model
 from .. import shapes
+from ..loading import resolve_device
 from .config import TrainConfig
 from .data import _scene_batch, training_batches, vision_batches
 from .losses import OBJECT_TARGETS, PatchProbe, guided_loss, patch_tokens, vision_loss

@@ -1,7 +1,9 @@
-"""Random-weight models built from configs: tiny ones for tests and examples.
+"""Tiny random-weight models and hand-built inputs for them: the test suite's models.
 
-They are real transformers classes (``LlavaForConditionalGeneration``, ...) with small widths, so everything
-that works on them runs the same code paths as a HuggingFace checkpoint.
+Real transformers classes (``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``,
+``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``) with small widths, so everything that
+works on them runs the same code paths as a HuggingFace checkpoint. May import torch and transformers only (and
+:mod:`.processors` lazily, for the LLaVA-NeXT inputs that go through a real processor).
 """
 
 from __future__ import annotations
@@ -54,7 +56,12 @@ def _tiny_clip_vision(**overrides: Any):
     from transformers import CLIPVisionConfig
 
     params = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=96, patch_size=8
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=96,
+        patch_size=8,
     )
     params.update(overrides)
     return CLIPVisionConfig(**params)
@@ -93,13 +100,19 @@ def _build_qwen(model_type: str, attn_implementation: str, **overrides: Any):
 
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
     text = _tiny_text_params(rope_parameters=rope, **overrides)
-    vision = dict(depth=2, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    vision = dict(
+        depth=2, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3
+    )
     if model_type == "qwen2_vl":
         vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
         config_cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
     else:
         vision.update(
-            hidden_size=32, out_hidden_size=64, intermediate_size=64, window_size=16, fullatt_block_indexes=[1]
+            hidden_size=32,
+            out_hidden_size=64,
+            intermediate_size=64,
+            window_size=16,
+            fullatt_block_indexes=[1],
         )
         config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     config = config_cls(
@@ -202,14 +215,18 @@ def _inputs_qwen(
     text_lengths = text_lengths or [3 + 2 * i for i in range(len(images_per_row))]
     rows, used = [], []
     for count, text_length in zip(images_per_row, text_lengths):
-        words = torch.randint(3, TINY_VOCAB - 10, (text_length + 2 * max(count, 1),), generator=generator).tolist()
+        words = torch.randint(
+            3, TINY_VOCAB - 10, (text_length + 2 * max(count, 1),), generator=generator
+        ).tolist()
         row = [1] + words[:text_length]
         for i in range(count):
             grid = grids[len(used) % len(grids)]
             used.append(grid)
             tokens = grid[0] * grid[1] * grid[2] // unit
             row += [TINY_QWEN_TOKENS["vision_start_token_id"]] + [TINY_IMAGE_TOKEN_ID] * tokens
-            row += [TINY_QWEN_TOKENS["vision_end_token_id"]] + words[text_length + 2 * i : text_length + 2 * i + 2]
+            row += [TINY_QWEN_TOKENS["vision_end_token_id"]] + words[
+                text_length + 2 * i : text_length + 2 * i + 2
+            ]
         rows.append(row)
     ids, mask = _pad_rows(rows, padding_side)
     patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
@@ -229,29 +246,6 @@ def _inputs_qwen(
 TINY_NEXT_IMAGE_SIZES = [(40, 70), (50, 30), (32, 32), (64, 64), (61, 45)]
 
 
-def tiny_next_processor(model, words: list[str] | None = None, *, padding_side: str = "left"):
-    """A real ``LlavaNextProcessor`` for :func:`build_tiny`'s LLaVA-NeXT (PIL image processor, word-level tokenizer)."""
-    from transformers import LlavaNextProcessor
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-
-    vision = model.config.vision_config
-    side = vision.image_size
-    tokenizer = word_tokenizer(["USER:", "ASSISTANT:", *(words or [f"w{i}" for i in range(200)])])
-    tokenizer.padding_side = padding_side
-    return LlavaNextProcessor(
-        image_processor=LlavaNextImageProcessorPil(
-            size={"shortest_edge": side},
-            crop_size={"height": side, "width": side},
-            image_grid_pinpoints=model.config.image_grid_pinpoints,
-        ),
-        tokenizer=tokenizer,
-        patch_size=vision.patch_size,
-        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-        num_additional_image_tokens=1,
-        chat_template=TINY_CHAT_TEMPLATE,
-    )
-
-
 def _inputs_llava_next(
     model,
     images_per_row: list[int],
@@ -267,6 +261,8 @@ def _inputs_llava_next(
     from PIL import Image
 
     generator = torch.Generator().manual_seed(seed)
+    from .processors import tiny_next_processor
+
     processor = tiny_next_processor(model, padding_side=padding_side)
     text_lengths = text_lengths or [3 + 2 * i for i in range(len(images_per_row))]
     texts, images = [], []
@@ -315,115 +311,3 @@ def tiny_inputs(
     return INPUTS[model_type](
         model, images_per_row, text_lengths=text_lengths, padding_side=padding_side, seed=seed
     )
-
-#: a LLaVA-1.5 style chat template: "USER: <image> question ASSISTANT:"
-TINY_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'].upper() }}: "
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image> "
-    "{% else %}{{ part['text'] }} {% endif %}{% endfor %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
-
-def word_tokenizer(words: list[str], special_tokens: dict[str, int] | None = None):
-    """A word-level ``PreTrainedTokenizerFast`` for the tiny models: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3,
-    the words from 4 on, ``<image>`` = the tiny models' image token id (or the given ``special_tokens``, each
-    ``token -> id`` at the top of the vocabulary)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    special_tokens = special_tokens or {"<image>": TINY_IMAGE_TOKEN_ID}
-    first_special = min(special_tokens.values())
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for word in words:
-        if len(vocab) >= first_special:
-            raise ValueError(f"word_tokenizer: at most {first_special - 4} words fit the tiny vocabulary")
-        vocab.setdefault(word, len(vocab))
-    vocab.update(special_tokens)
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=list(special_tokens),
-    )
-
-
-def tiny_processor(model, words: list[str] | None = None):
-    """A real ``LlavaProcessor`` matching :func:`build_tiny`'s LLaVA (word-level tokenizer, CLIP image
-    processor, LLaVA-1.5 chat template), so examples run the same processor code paths as a checkpoint."""
-    from transformers import CLIPImageProcessorPil, LlavaProcessor
-
-    vision = model.config.vision_config
-    side = vision.image_size
-    words = words or "USER: ASSISTANT: what is in the image ? describe it".split()
-    return LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
-        tokenizer=word_tokenizer(["USER:", "ASSISTANT:", *words]),
-        patch_size=vision.patch_size,
-        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-        num_additional_image_tokens=1,
-        chat_template=TINY_CHAT_TEMPLATE,
-    )
-
-
-#: the Qwen2-VL special tokens of the tiny Qwen models, at the ids their configs use
-TINY_QWEN_SPECIALS = {
-    "<|vision_start|>": TINY_QWEN_TOKENS["vision_start_token_id"],
-    "<|vision_end|>": TINY_QWEN_TOKENS["vision_end_token_id"],
-    "<|video_pad|>": TINY_QWEN_TOKENS["video_token_id"],
-    "<|image_pad|>": TINY_IMAGE_TOKEN_ID,
-}
-
-#: Qwen2-VL's chat layout for the tiny models: "USER: <|vision_start|><|image_pad|><|vision_end|> question ASSISTANT:"
-TINY_QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'].upper() }}: "
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|> "
-    "{% else %}{{ part['text'] }} {% endif %}{% endfor %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
-
-def tiny_qwen_processor(
-    model, words: list[str] | None = None, *, min_pixels: int = 32 * 32, max_pixels: int = 64 * 64
-):
-    """A real ``Qwen2VLProcessor`` for :func:`build_tiny`'s Qwen2-VL / Qwen2.5-VL (PIL image processor with the tiny
-    tower's 4-px patches, word-level tokenizer with the Qwen special tokens at the tiny ids).
-
-    Images are resized (``smart_resize``) so their pixel count lies in ``[min_pixels, max_pixels]``, in multiples
-    of 8 px (patch 4 x merge 2): the defaults give 8x8 to 16x16 patches, 16 to 64 visual tokens per image.
-    """
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    vision = model.config.vision_config
-    tokenizer = word_tokenizer(
-        ["USER:", "ASSISTANT:", *(words or [f"w{i}" for i in range(200)])], special_tokens=TINY_QWEN_SPECIALS
-    )
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=vision.patch_size,
-        temporal_patch_size=vision.temporal_patch_size,
-        merge_size=vision.spatial_merge_size,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
-    )
-    processor_class = _image_only_qwen_processor_class()
-    return processor_class(image_processor, tokenizer, chat_template=TINY_QWEN_CHAT_TEMPLATE)
-
-
-def _image_only_qwen_processor_class():
-    """``Qwen2VLProcessor`` without its video processor: the video one needs torchvision, which the core
-    environment cannot have beside its CPU torch (images are processed exactly as by the full processor)."""
-    from transformers import ProcessorMixin, Qwen2VLProcessor
-
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
-            self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-    return ImageOnlyQwen2VLProcessor
