@@ -9,7 +9,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import vlm_compress as vlmc
-from vlm_compress.adapters.llava_next import anyres_layout
+from vlm_compress.adapters.anyres import anyres_layout
 from vlm_compress.errors import InputMismatchError
 from vlm_compress.methods.base import Method
 from vlm_compress.selection import Selection

@@ -130,7 +130,7 @@ def test_methods_that_renumber_on_llava_keep_the_original_m_rope_ids_on_qwen(qwe
 def test_the_cls_attention_proxy_is_computed_in_blocks_for_large_images(qwen, monkeypatch):
     """The proxy holds at most ATTENTION_CHUNK scores at once (a big image's full patch x patch attention would
     not fit in memory); in blocks of query rows it gives the same values."""
-    from vlm_compress.adapters import qwen2_vl
+    from vlm_compress.adapters import qwen_signals
 
     model, inputs = qwen
 
@@ -147,7 +147,7 @@ def test_the_cls_attention_proxy_is_computed_in_blocks_for_large_images(qwen, mo
         return seen
 
     whole = proxies()
-    monkeypatch.setattr(qwen2_vl, "ATTENTION_CHUNK", 7 * 64)  # 64-patch image: blocks of 7 query rows
+    monkeypatch.setattr(qwen_signals, "ATTENTION_CHUNK", 7 * 64)  # 64-patch image: blocks of 7 query rows
     blocks = proxies()
     for a, b in zip(whole, blocks, strict=True):
         torch.testing.assert_close(b, a, atol=1e-7, rtol=1e-5)

@@ -14,7 +14,7 @@ The engine (:mod:`vlm_compress.engine`) runs the call, the method, the rewrite a
 answers. An adapter gets the model, an :class:`~vlm_compress.engine.undo.UndoRecorder` for any change it must
 make to the instance, and the patch's options; never the handle.
 
-Room: adapters. May import ``context``, ``errors`` and the engine's data types and helpers
+Room: adapters. May import ``views``, ``errors`` and the engine's data types and helpers
 (``engine.sequence``, ``engine.signals``, ``engine.options``, ``engine.undo``); never a method, ``patching`` or ``registry``.
 """
 

@@ -12,7 +12,7 @@ a CLIP tower, which does not take it) and the processor pads (``vlmc.compress(..
 original LLaVA repository), the ``padding_mask`` signal marks the tokens whose patch lies fully inside the padded
 band, by the rule of MMTok's official ``calculate_padding_patch_indices``.
 
-Room: adapters. May import ``context``, ``errors``, the engine's data types and its sibling helper modules.
+Room: adapters. May import ``views``, ``errors``, the engine's data types and its sibling helper modules.
 """
 
 from __future__ import annotations

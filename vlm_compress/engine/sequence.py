@@ -6,7 +6,7 @@ re-padded to a common length on the side the caller padded (left by default). ``
 is dropped or reordered the plan is ``unchanged`` and the caller's tensors are passed on untouched, so a full
 budget reproduces the unpatched model exactly.
 
-Room: the engine. May import ``context``, ``selection`` and ``engine.cache_compat``; never an adapter or a method.
+Room: the engine. May import ``views``, ``selection`` and ``engine.cache_compat``; never an adapter or a method.
 """
 
 from __future__ import annotations

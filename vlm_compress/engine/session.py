@@ -15,7 +15,7 @@ On a call with images the session
 Kept tokens keep the position ids the unpatched model would have given them (``position_ids="original"``), or
 are renumbered contiguously (``"contiguous"``); the handle resolves the policy before the adapter is built.
 
-Room: the engine. May import ``context``, ``errors``, ``selection`` and the engine's modules; it gets the
+Room: the engine. May import ``views``, ``errors``, ``selection`` and the engine's modules; it gets the
 adapter and the method as objects and imports neither an adapter module nor a method module.
 """
 
