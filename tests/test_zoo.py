@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from vlm_compress import zoo
 from vlm_compress.zoo import model as zoo_model
@@ -556,3 +557,26 @@ def test_zoo_eval_reports_the_position_ids_it_was_asked_for(capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [row["method"] for row in rows] == ["full", "uniform"]
     assert "position_ids" not in rows[0] and rows[1]["position_ids"] == "contiguous"
+
+
+def test_one_prompt_builder_serves_run_bench_demo_and_eval():
+    """``zoo.prompt`` (training, the embedded model), ``prompt_inputs`` (run, bench, demo) and the evaluation's
+    ``build_prompt`` all wrap a question with :func:`vlm_compress.zoo.inputs.conversation`."""
+    from vlm_compress.eval.prompts import build_prompt
+    from vlm_compress.zoo.inputs import conversation, prompt_inputs
+    from vlm_compress.zoo.synthetic import build_tiny, tiny_processor
+
+    model = build_tiny("llava")
+    processor = tiny_processor(model)
+    question = "what colour is the circle?"
+    text = conversation(question, processor=processor)
+    assert processor.chat_template and question in text
+    assert zoo.prompt(processor, question) == text
+    assert build_prompt(question, "plain", model_type="llava", processor=processor) == text
+    inputs = prompt_inputs(processor, Image.new("RGB", (32, 32)), question)
+    assert torch.equal(inputs["input_ids"], processor(images=[Image.new("RGB", (32, 32))], text=[text], return_tensors="pt")["input_ids"])
+    # no chat template: the family's own format, LLaVA-1.5's by default
+    assert conversation(question) == f"USER: <image>\n{question} ASSISTANT:"
+    assert conversation(question, model_type="qwen2_vl").count("<|image_pad|>") == 1
+    with pytest.raises(ValueError, match="known families: llava"):
+        conversation(question, model_type="no_such_family")

@@ -115,7 +115,7 @@ def run_job(
     from . import compress
     from .zoo.inputs import prompt_inputs
 
-    inputs = prompt_inputs(processor, image, question, device=device)
+    inputs = prompt_inputs(processor, image, question, device=device, model_type=model.config.model_type)
     rows = {FULL: Row(method=FULL)}
     records: dict[str, Any] = {}
     with torch.no_grad():

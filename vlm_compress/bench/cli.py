@@ -109,7 +109,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"vlmc bench: --image: {err}", file=sys.stderr)
             return 2
         model, processor = zoo.load(args.model, dtype=dtype, device=device)
-        inputs = prompting.prompt_inputs(processor, image, args.question, device=device, dtype=dtype)
+        inputs = prompting.prompt_inputs(
+            processor, image, args.question, device=device, dtype=dtype, model_type=model.config.model_type
+        )
         source = args.model
     settings = [Setting(m, b) for m in methods for b in budgets]
     results = runner.run(

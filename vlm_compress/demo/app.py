@@ -123,7 +123,7 @@ class Demo:
         self.num_visual_tokens = self._count_visual_tokens()
 
     def _count_visual_tokens(self) -> int:
-        probe = prompt_inputs(self.processor, Image.new("RGB", (64, 64)), "?")
+        probe = self._inputs(Image.new("RGB", (64, 64)), "?")
         return int((probe["input_ids"][0] == self.model.config.image_token_id).sum())
 
     # ------------------------------------------------------------------ methods and their hyper-parameters
@@ -188,7 +188,10 @@ class Demo:
 
     # ------------------------------------------------------------------ asking
     def _inputs(self, image: Image.Image, question: str) -> dict[str, torch.Tensor]:
-        return prompt_inputs(self.processor, image, question, device=self.device, dtype=self.dtype)
+        return prompt_inputs(
+            self.processor, image, question, device=self.device, dtype=self.dtype,
+            model_type=self.model.config.model_type,
+        )
 
     @torch.inference_mode()
     def _generate(self, inputs: dict[str, torch.Tensor], handle: Any = None) -> Answer:

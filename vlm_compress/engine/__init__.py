@@ -12,7 +12,7 @@
 :mod:`.cache_compat`          the KV cache keyword across ``transformers`` releases
 ============================  ================================================================================
 
-Room: the engine. It may import ``context``, ``selection``, ``errors`` and its own modules. It never imports an
+Room: the engine. It may import ``views``, ``selection``, ``errors`` and its own modules. It never imports an
 adapter module or a method module (it gets both as objects), nor ``patching`` (which builds it).
 """
 

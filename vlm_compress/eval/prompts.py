@@ -3,12 +3,17 @@
 The instructions are the ones LLaVA-1.5 was evaluated with (its ``scripts/v1_5/eval``): short answers and yes/no
 questions end with "Answer the question using a single word or phrase.", multiple choice with "Answer with the
 option's letter from the given choices directly.". The wrapping is the model's own chat template when its
-processor has one, else the family's conversation format below.
+processor has one, else the family's conversation format (:func:`vlm_compress.zoo.inputs.conversation`, the
+one prompt builder, re-exported here).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from ..zoo.inputs import TEMPLATES, conversation
+
+__all__ = ["INSTRUCTIONS", "TEMPLATES", "build_prompt", "conversation", "question_text"]
 
 INSTRUCTIONS = {
     "short": "Answer the question using a single word or phrase.",
@@ -16,16 +21,6 @@ INSTRUCTIONS = {
     "multiple_choice": "Answer with the option's letter from the given choices directly.",
     # the bare question: for models trained without an instruction suffix (the embedded ShapesVQA model)
     "plain": "",
-}
-
-# config.model_type -> conversation with one image; {text} is the question followed by the instruction
-TEMPLATES = {
-    "llava": "USER: <image>\n{text} ASSISTANT:",
-    "llava_next": "USER: <image>\n{text} ASSISTANT:",
-    "qwen2_vl": (
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-        "<|vision_start|><|image_pad|><|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n"
-    ),
 }
 
 
@@ -40,20 +35,3 @@ def build_prompt(question: str, style: str, *, model_type: str, processor: Any =
     """The full text prompt (with the model's image placeholder) for one question about one image: the question,
     the instruction of ``style``, wrapped by :func:`conversation`."""
     return conversation(question_text(question, style), model_type=model_type, processor=processor)
-
-
-def conversation(text: str, *, model_type: str, processor: Any = None) -> str:
-    """``text`` as the user turn of a one-image conversation, ready for generation.
-
-    Uses ``processor.apply_chat_template`` when the processor carries a chat template, else
-    :data:`TEMPLATES` by ``model_type``; an unknown family without a chat template raises.
-    """
-    if getattr(processor, "chat_template", None):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    if model_type not in TEMPLATES:
-        raise ValueError(
-            f"no prompt format for model_type {model_type!r} and its processor has no chat template; "
-            f"known families: {', '.join(TEMPLATES)}"
-        )
-    return TEMPLATES[model_type].format(text=text)

@@ -2,7 +2,7 @@
 processor's chat template (:func:`chat_prompt`), the processor's tensors on a device (:func:`prompt_inputs`),
 and a few rendered example scenes (:func:`example_scenes`). Shared by ``vlmc run``, ``vlmc bench`` and the demo.
 
-May import torch, PIL, :mod:`vlm_compress.errors` and :mod:`.model` (the embedded model's prompt format).
+May import torch, PIL and :mod:`vlm_compress.errors`.
 """
 
 from __future__ import annotations
@@ -11,18 +11,48 @@ from typing import Any
 
 import torch
 
+# config.model_type -> conversation with one image, for processors without a chat template; {text} is the user turn
+TEMPLATES = {
+    "llava": "USER: <image>\n{text} ASSISTANT:",
+    "llava_next": "USER: <image>\n{text} ASSISTANT:",
+    "qwen2_vl": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n"
+    ),
+}
 
-def chat_prompt(processor: Any, question: str) -> str:
-    """``question`` about one image in the processor's chat template (LLaVA-1.5's format without one)."""
+
+def conversation(text: str, *, processor: Any = None, model_type: str | None = None) -> str:
+    """``text`` as the user turn of a one-image conversation, ready for generation: the one prompt builder of
+    ``vlmc run``, ``vlmc bench``, ``vlmc eval``, the lmms-eval plugin and the demo.
+
+    Uses ``processor.apply_chat_template`` when the processor carries a chat template, else :data:`TEMPLATES`
+    by ``model_type`` (LLaVA-1.5's format when ``model_type`` is not given); an unknown family without a chat
+    template raises ``ValueError``.
+    """
     if getattr(processor, "chat_template", None):
-        from .model import prompt
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    model_type = model_type or "llava"
+    if model_type not in TEMPLATES:
+        raise ValueError(
+            f"no prompt format for model_type {model_type!r} and its processor has no chat template; "
+            f"known families: {', '.join(TEMPLATES)}"
+        )
+    return TEMPLATES[model_type].format(text=text)
 
-        return prompt(processor, question)
-    return f"USER: <image>\n{question} ASSISTANT:"
 
-
-def prompt_inputs(processor: Any, image: Any, question: str, device: Any = "cpu", dtype: Any = None) -> dict:
-    """Processor outputs for one image and one question, on ``device`` (floating inputs cast to ``dtype``).
+def prompt_inputs(
+    processor: Any,
+    image: Any,
+    question: str,
+    device: Any = "cpu",
+    dtype: Any = None,
+    *,
+    model_type: str | None = None,
+) -> dict:
+    """Processor outputs for one image and one question (wrapped by :func:`conversation`), on ``device``
+    (floating inputs cast to ``dtype``); ``model_type`` picks the format of a processor without a chat template.
 
     The prompt template puts the one image placeholder; a question that holds another raises
     :class:`~vlm_compress.errors.InputMismatchError` (the prompt would hold more placeholders than images).
@@ -37,7 +67,7 @@ def prompt_inputs(processor: Any, image: Any, question: str, device: Any = "cpu"
             f"placeholders for 1 image; the prompt template adds the one placeholder itself: remove {marker!r} "
             "from the question"
         )
-    inputs = processor(images=[image], text=[chat_prompt(processor, question)], return_tensors="pt")
+    inputs = processor(images=[image], text=[conversation(question, processor=processor, model_type=model_type)], return_tensors="pt")
     out = {}
     for key, value in dict(inputs).items():
         if isinstance(value, torch.Tensor):

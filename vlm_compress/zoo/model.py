@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from . import shapes
+from .inputs import conversation
 
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN)
@@ -164,8 +165,7 @@ def build_model(dims: ModelDims | None = None, *, seed: int = 0, vocab_size: int
 
 def prompt(processor, question: str) -> str:
     """The text to give ``processor`` with one image: ``question`` in the chat template, ready for an answer."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
+    return conversation(question, processor=processor)
 
 
 def pixel_values(images: Sequence[Image.Image], image_size: int = shapes.DEFAULT_IMAGE_SIZE) -> torch.Tensor:
