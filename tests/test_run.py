@@ -88,15 +88,15 @@ def test_toy_processor_tokenizes_words_like_a_tokenizer():
 
 
 def test_lm_flops_follow_the_positions_of_each_layer():
-    from transformers import LlamaConfig
+    from vlm_compress.bench import DecoderShape, layer_flops, prefill_flops
+    from vlm_compress.run import schedule
 
-    from vlm_compress.run import layer_flops, lm_flops, schedule
-
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
-    # projections 2*n*d*d + 2*n*d*(d/2), scores and weighted sum 2*n*n*d, gated MLP 3*n*d*m
-    n, d, m = 10, 64, 128
-    assert layer_flops(n, config) == 2 * n * d * d + 2 * n * d * d // 2 + 2 * n * n * d + 3 * n * d * m
-    assert lm_flops([10, 10, 4], config) == 2 * layer_flops(10, config) + layer_flops(4, config)
+    shape = DecoderShape(hidden=64, intermediate=128, layers=3, heads=4, kv_heads=2, head_dim=16, vocab=10)
+    # run and bench share one count: layer l over per_layer[l] positions, no logits row for run's ratio
+    assert prefill_flops(shape, [10, 10, 4], logits=0) == 2 * layer_flops(shape, 10) + layer_flops(shape, 4)
+    assert prefill_flops(shape, 10) == 3 * layer_flops(shape, 10) + 2 * 64 * 10
+    with pytest.raises(ValueError, match="2 layers; the model has 3"):
+        prefill_flops(shape, [10, 4])
     assert schedule([616, 616, 104, 104, 40]) == "616 -> 104 after layer 2 -> 40 after layer 4"
     assert schedule([80, 80]) == "80"
 

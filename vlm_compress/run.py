@@ -75,7 +75,7 @@ def default_sample() -> tuple[Image.Image, str, str | None, str]:
 
 # ---------------------------------------------------------------------------------------------- measuring
 def _prefill_ms(model: Any, inputs: dict[str, Any], device: str) -> float:
-    from .bench.measure import synchronize
+    from .bench import synchronize
 
     synchronize(device)
     start = time.perf_counter()
@@ -113,6 +113,7 @@ def run_job(
     from tqdm.auto import tqdm
 
     from . import compress
+    from .bench import DecoderShape, prefill_flops
     from .zoo.inputs import prompt_inputs
 
     inputs = prompt_inputs(processor, image, question, device=device, model_type=model.config.model_type)
@@ -150,36 +151,17 @@ def run_job(
                 steps.update()
         steps.close()
     full_ms = statistics.median(times[FULL])
-    text_config = model.config.get_text_config()
-    layers = text_config.num_hidden_layers
-    full_flops = lm_flops([round(rows[FULL].lm_positions)] * layers, text_config)
+    shape = DecoderShape.from_config(model.config.get_text_config())
+    layers = shape.layers
+    full_flops = prefill_flops(shape, round(rows[FULL].lm_positions), logits=0)
     for name in runnable:
         row = rows[name]
         row.prefill_ms = statistics.median(times[name])
         row.speedup = full_ms / row.prefill_ms
         per_layer = row.lm_positions_per_layer or [round(row.lm_positions)] * layers
-        row.lm_flops = lm_flops(per_layer, text_config) / full_flops
+        row.lm_flops = prefill_flops(shape, per_layer, logits=0) / full_flops
         row.schedule = schedule(per_layer)
     return list(rows.values()), records
-
-
-def layer_flops(positions: int, text_config: Any) -> float:
-    """Multiply-adds of one decoder layer of ``text_config`` over ``positions`` tokens (prefill): the q/k/v/o
-    projections, the attention scores and weighted sum, and the gated MLP (FastV's count, with GQA)."""
-    d = text_config.hidden_size
-    heads = text_config.num_attention_heads
-    head_dim = getattr(text_config, "head_dim", None) or d // heads
-    kv = getattr(text_config, "num_key_value_heads", None) or heads
-    m = text_config.intermediate_size
-    n = positions
-    projections = n * d * heads * head_dim * 2 + n * d * kv * head_dim * 2
-    attention = 2 * n * n * heads * head_dim
-    return float(projections + attention + 3 * n * d * m)
-
-
-def lm_flops(per_layer: list[int], text_config: Any) -> float:
-    """The language model's prefill multiply-adds when layer ``l`` processes ``per_layer[l]`` positions."""
-    return sum(layer_flops(n, text_config) for n in per_layer)
 
 
 def schedule(per_layer: list[int]) -> str:

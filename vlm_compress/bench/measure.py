@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,8 +157,8 @@ class DecoderShape:
         )
 
 
-def prefill_flops(shape: DecoderShape, length: int, *, logits: int = 1) -> int:
-    """Multiply-adds x 2 of a causal prefill over ``length`` positions (gated MLP, GQA, ``logits`` output rows).
+def layer_flops(shape: DecoderShape, length: int) -> int:
+    """Multiply-adds x 2 of one decoder layer's causal prefill over ``length`` positions (gated MLP, GQA).
 
     Projections and MLP grow linearly with ``length``; causal attention scores and values with
     ``length * (length + 1) / 2``.
@@ -167,4 +168,16 @@ def prefill_flops(shape: DecoderShape, length: int, *, logits: int = 1) -> int:
         shape.hidden * q_dim * 2 + shape.hidden * kv_dim * 2 + 3 * shape.hidden * shape.intermediate
     )
     attention = 2 * 2 * q_dim * (length * (length + 1) // 2)
-    return shape.layers * (per_token * length + attention) + 2 * shape.hidden * shape.vocab * logits
+    return per_token * length + attention
+
+
+def prefill_flops(shape: DecoderShape, length: int | Sequence[int], *, logits: int = 1) -> int:
+    """Multiply-adds x 2 of a causal prefill: every layer over ``length`` positions, or layer ``l`` over
+    ``length[l]`` (in-LLM pruning shortens the later layers), plus ``logits`` output rows.
+
+    The one FLOP count of ``vlmc bench`` and ``vlmc run``.
+    """
+    per_layer = [length] * shape.layers if isinstance(length, int) else list(length)
+    if len(per_layer) != shape.layers:
+        raise ValueError(f"got positions for {len(per_layer)} layers; the model has {shape.layers}")
+    return sum(layer_flops(shape, n) for n in per_layer) + 2 * shape.hidden * shape.vocab * logits

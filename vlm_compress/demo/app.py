@@ -21,7 +21,7 @@ from PIL import Image
 import vlm_compress as vlmc
 
 from .. import images, viz
-from ..bench.measure import LanguageModelTimer, cache_bytes
+from ..bench import LanguageModelTimer, cache_bytes
 from ..engine.cache_compat import output_cache
 from ..errors import InvalidImageError
 from ..zoo.inputs import prompt_inputs
