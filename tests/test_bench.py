@@ -9,6 +9,7 @@ import torch
 
 import vlm_compress as vlmc
 from vlm_compress.bench import (
+    FULL,
     DecoderShape,
     Setting,
     cache_bytes,
@@ -155,3 +156,21 @@ def test_the_default_model_explains_what_to_do_when_it_is_missing(monkeypatch, t
     monkeypatch.setattr(loading, "CHECKPOINTS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="vlmc zoo train --out"):
         zoo.load("shapes")
+
+
+def test_a_setting_patches_with_its_method_budget_and_hyper_parameters(tiny_llava):
+    """``Setting.compress`` is how eval, bench and the demo patch a model for one sweep point."""
+    inputs = tiny_inputs(tiny_llava, [1], seed=3)
+    setting = Setting.of("todre", 4, relevance_keep=0.5, diversity="max_sum")
+    assert setting == Setting("todre", 4, (("diversity", "max_sum"), ("relevance_keep", 0.5)))
+    assert setting.label == "todre@4" and setting.key == "todre-4"
+    tiny_llava(**inputs)  # transformers installs its own output-capture hooks on a model's first forward
+    before = hook_state(tiny_llava)
+    with setting.compress(tiny_llava, position_ids="contiguous") as run:
+        tiny_llava(**inputs)
+    assert run.method.diversity == "max_sum" and run.method.budget == 4
+    assert run.report.position_ids == "contiguous"
+    assert [r.tokens_after for r in run.report.images] == [4]
+    assert hook_state(tiny_llava) == before
+    with pytest.raises(ValueError, match="nothing to patch"):
+        Setting(FULL).compress(tiny_llava)

@@ -76,7 +76,6 @@ def _count_visual_tokens(inputs: dict[str, Any], model: nn.Module) -> int:
 @torch.inference_mode()
 def measure_once(model: nn.Module, inputs: dict[str, Any], setting: Setting, *, new_tokens: int) -> Sample:
     """Prefill (one ``forward`` with cache, last logits only) then ``generate`` of exactly ``new_tokens``."""
-    import vlm_compress as vlmc
 
     device = next(model.parameters()).device
     full_positions = (
@@ -85,7 +84,7 @@ def measure_once(model: nn.Module, inputs: dict[str, Any], setting: Setting, *, 
     visual = _count_visual_tokens(inputs, model)
     handle = None
     if setting.method != FULL:
-        handle = vlmc.patch(model, setting.method, budget=setting.budget, **dict(setting.params))
+        handle = setting.compress(model)
     try:
         with LanguageModelTimer(model) as timer, PeakMemory(device) as memory:
             synchronize(device)

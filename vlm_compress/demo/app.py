@@ -25,6 +25,7 @@ from ..bench import LanguageModelTimer, cache_bytes
 from ..engine.cache_compat import output_cache
 from ..errors import InvalidImageError
 from ..zoo.inputs import prompt_inputs
+from ..zoo.settings import Setting
 
 # fields every method has; the others are shown as editable hyper-parameters
 _COMMON_FIELDS = ("budget", "order")
@@ -217,12 +218,12 @@ class Demo:
             selection_ms=selection_ms,
         )
 
-    def _compressed(self, inputs: dict[str, torch.Tensor], method: str, budget: int, params: dict[str, Any]):
+    def _compressed(self, inputs: dict[str, torch.Tensor], setting: Setting):
         try:
-            with vlmc.compress(self.model, method, budget=budget, processor=self.processor, **params) as run:
+            with setting.compress(self.model, processor=self.processor) as run:
                 answer = self._generate(inputs, run)
         except vlmc.VlmcError as err:
-            raise DemoInputError(f"{method} cannot run on this input: {err}") from None
+            raise DemoInputError(f"{setting.method} cannot run on this input: {err}") from None
         return answer, run.report.images[0] if run.report.images else None
 
     def ask(self, image: Any, question: Any, method: str, budget: Any, params: str | None = "") -> Outcome:
@@ -234,7 +235,7 @@ class Demo:
         with self.lock:
             inputs = self._inputs(image, question)
             full = self._generate(inputs)
-            compressed, record = self._compressed(inputs, method, budget, hyper)
+            compressed, record = self._compressed(inputs, Setting.of(method, budget, **hyper))
         view = _for_display(viz.model_view(image, self.processor))
         overlay, heatmap = view, None
         panels = viz.record_overlays(image, self.processor, record, self.model.config)
@@ -271,7 +272,7 @@ class Demo:
         with self.lock:
             inputs = self._inputs(image, question)
             full = self._generate(inputs)
-            answers = [self._compressed(inputs, method, b, hyper)[0] for b in budgets]
+            answers = [self._compressed(inputs, Setting.of(method, b, **hyper))[0] for b in budgets]
         rows = [
             [
                 str(b),

@@ -130,7 +130,6 @@ def generate_batch(
     Returns one row per sample: ``id``, ``prediction`` (decoded new tokens, stripped), ``tokens_before`` and
     ``tokens_after`` (visual tokens of its image before and after compression).
     """
-    from ..patching import compress
 
     prompts = [
         build_prompt(s.question, prompt_style, model_type=model.config.model_type, processor=processor)
@@ -156,9 +155,7 @@ def generate_batch(
             output = model.generate(**inputs, **generation)
             before, after = image_tokens, image_tokens
         else:
-            with compress(
-                model, setting.method, budget=setting.budget, processor=processor, **(method_kwargs or {})
-            ) as run:
+            with setting.compress(model, processor=processor, **(method_kwargs or {})) as run:
                 output = model.generate(**inputs, **generation)
             before, after = [0] * len(samples), [0] * len(samples)
             for record in run.report.images:
