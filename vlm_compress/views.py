@@ -57,6 +57,25 @@ class Signals:
         return self._values[name]
 
 
+class signal:
+    """A read-only attribute that returns the lazily computed signal of its own name:
+    ``ctx.cls_attention`` is ``ctx.signals.get("cls_attention")`` (a clear error names what is available)."""
+
+    def __init__(self, doc: str = "") -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return obj.signals.get(self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        raise AttributeError(f"{self.name} is a signal, computed by the adapter; it cannot be set")
+
+
 @dataclass
 class TokenRegion:
     """A structured part of an image's tokens, e.g. the thumbnail or one high-resolution crop (LLaVA-NeXT).
@@ -74,15 +93,10 @@ class TokenRegion:
     valid: torch.Tensor | None = None
     signals: Signals = field(default_factory=Signals, repr=False)
 
-    @property
-    def cls_attention(self) -> torch.Tensor:
-        """``[n]`` head-averaged [CLS] attention of this region's own encoder pass."""
-        return self.signals.get("cls_attention")
-
-    @property
-    def cls_attention_logits(self) -> torch.Tensor:
-        """``[n]`` head-averaged pre-softmax [CLS] logits of this region's own pass, at the encoder's last block."""
-        return self.signals.get("cls_attention_logits")
+    cls_attention = signal("``[n]`` head-averaged [CLS] attention of this region's own encoder pass.")
+    cls_attention_logits = signal(
+        "``[n]`` head-averaged pre-softmax [CLS] logits of this region's own pass, at the encoder's last block."
+    )
 
 
 @dataclass
@@ -121,29 +135,17 @@ class VisualContext:
     def has(self, name: str) -> bool:
         return self.signals.has(name)
 
-    @property
-    def vision_features(self) -> torch.Tensor:
-        return self.signals.get("vision_features")
-
-    @property
-    def cls_attention(self) -> torch.Tensor:
-        return self.signals.get("cls_attention")
-
-    @property
-    def cls_attention_logits(self) -> torch.Tensor:
-        return self.signals.get("cls_attention_logits")
-
-    @property
-    def text_embeds(self) -> torch.Tensor:
-        return self.signals.get("text_embeds")
-
-    @property
-    def text_ids(self) -> torch.Tensor:
-        return self.signals.get("text_ids")
-
-    @property
-    def prompt_text(self) -> str:
-        return self.signals.get("prompt_text")
+    # the signals of the table in this module's docstring
+    vision_features = signal("``[N, Dv]`` the vision encoder's feature-layer outputs (pre-projector).")
+    cls_attention = signal("``[N]`` head-averaged attention of the encoder's [CLS] query at the feature layer.")
+    cls_attention_logits = signal("``[N]`` head-averaged pre-softmax [CLS] logits at the encoder's last block.")
+    text_embeds = signal("``[T, D]`` the prompt's text tokens in the LM embedding space.")
+    text_ids = signal("``[T]`` the ids of those text tokens.")
+    prompt_text = signal("the prompt's text (needs a tokenizer).")
+    question = signal("the text after the image in its prompt, role markers removed (needs a tokenizer).")
+    text_embedder = signal("``str -> [m, D]``: words tokenised without special tokens, LM input embeddings.")
+    padding_mask = signal("``[N]`` bool: tokens in the band the processor padded (LLaVA-1.5 pad-to-square).")
+    patch_features = signal("``[N, u, Dv]`` the encoder patches each merged token is made of (Qwen2-VL).")
 
 
 @dataclass
