@@ -34,7 +34,6 @@ def test_every_documented_signal_is_an_attribute():
     ]
     ctx = VisualContext(features=torch.zeros(2, 2), signals=Signals({n: (lambda n=n: n) for n in names}))
     assert [getattr(ctx, n) for n in names] == names
-    region = TokenRegion(
-        indices=torch.arange(2), grid=(1, 2), signals=Signals({"cls_attention": lambda: "a", "cls_attention_logits": lambda: "l"})
-    )
+    providers = {"cls_attention": lambda: "a", "cls_attention_logits": lambda: "l"}
+    region = TokenRegion(indices=torch.arange(2), grid=(1, 2), signals=Signals(providers))
     assert (region.cls_attention, region.cls_attention_logits) == ("a", "l")
