@@ -268,3 +268,20 @@ def test_errors_are_clear(qwen3):
         with pytest.raises(vlmc.InputMismatchError, match="image_grid_thw"):
             model(**{k: v for k, v in inputs.items() if k != "image_grid_thw"})
     assert hook_state(model) == before
+
+
+def test_synthetic_qwen3_vl_8b_has_the_real_widths():
+    from vlm_compress.zoo.synthetic import SYNTHETIC, synthetic_inputs
+
+    with torch.device("meta"):
+        model = SYNTHETIC["qwen3-vl-8b"](2, 27)
+    text, vision = model.config.text_config, model.config.vision_config
+    assert (text.hidden_size, text.intermediate_size, text.num_attention_heads, text.num_key_value_heads) == (
+        4096,
+        12288,
+        32,
+        8,
+    )
+    assert (vision.hidden_size, vision.depth, list(vision.deepstack_visual_indexes)) == (1152, 27, [8, 16, 24])
+    inputs = synthetic_inputs(model, 35)
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 256
