@@ -282,6 +282,21 @@ def test_synthetic_qwen3_vl_8b_has_the_real_widths():
         32,
         8,
     )
-    assert (vision.hidden_size, vision.depth, list(vision.deepstack_visual_indexes)) == (1152, 27, [8, 16, 24])
+    assert (vision.hidden_size, vision.depth) == (1152, 27)
+    assert list(vision.deepstack_visual_indexes) == [8, 16, 24]
     inputs = synthetic_inputs(model, 35)
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 256
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("method", ["uniform", "fastv"])
+def test_a_text_only_row_and_either_padding_side(qwen3, padding_side, method):
+    model, _ = qwen3
+    inputs = tiny_inputs(model, [1, 0, 2], padding_side=padding_side, seed=44)
+    reference = model(**inputs).logits
+    with vlmc.compress(model, method, budget=1.0):
+        assert torch.equal(model(**inputs).logits, reference)
+    with vlmc.compress(model, method, budget=0.3):
+        cached = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        uncached = model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
