@@ -20,6 +20,7 @@ from vlm_compress.zoo.synthetic import (
     tiny_inputs,
     tiny_next_processor,
     tiny_processor,
+    tiny_qwen3_processor,
     tiny_qwen_processor,
 )
 
@@ -291,6 +292,7 @@ PROCESSORS = {
     "llava": (tiny_processor, "USER: <image> what is in the image ? ASSISTANT:"),
     "llava_next": (tiny_next_processor, "USER: <image> w1 w2 ASSISTANT:"),
     "qwen2_vl": (tiny_qwen_processor, "USER: <|vision_start|><|image_pad|><|vision_end|> w1 w2 ASSISTANT:"),
+    "qwen3_vl": (tiny_qwen3_processor, "USER: <|vision_start|><|image_pad|><|vision_end|> w1 w2 ASSISTANT:"),
 }
 
 
@@ -323,7 +325,7 @@ def test_a_one_pixel_image_through_the_real_processor(with_processor, image_file
     image = load_image(image_files / "one_pixel.png")
     inputs = dict(processor(images=[image], text=[prompt], return_tensors="pt"))
     tokens = run_compressed(model, inputs, budget=4)
-    expected = {"llava": 144, "llava_next": 32, "qwen2_vl": 16}[model.config.model_type]
+    expected = {"llava": 144, "llava_next": 32, "qwen2_vl": 16, "qwen3_vl": 16}[model.config.model_type]
     assert tokens == expected
 
 
@@ -352,13 +354,14 @@ def test_an_8000x8000_image_is_resized_by_the_processor(with_processor):
         # the thumbnail and 2x2 crops of the largest pinpoint
         "llava_next": lambda: tuple(inputs["pixel_values"].shape) == (1, 5, 3, 32, 32),
         "qwen2_vl": lambda: inputs["image_grid_thw"].tolist() == [[1, 16, 16]],  # 64x64 px = max_pixels
+        "qwen3_vl": lambda: inputs["image_grid_thw"].tolist() == [[1, 16, 16]],
     }
     assert bounded[model_type]()
     # measured: ~610 MB over the 192 MB image for the CLIP / LLaVA-NeXT processors, ~375 MB for Qwen2-VL's
     assert peak_rss_since_reset() - start < 1.5 * 2**30
     start = reset_peak_rss()
     tokens = run_compressed(model, inputs, budget=4)
-    assert tokens == {"llava": 144, "llava_next": 80, "qwen2_vl": 64}[model_type]
+    assert tokens == {"llava": 144, "llava_next": 80, "qwen2_vl": 64, "qwen3_vl": 64}[model_type]
     assert peak_rss_since_reset() - start < 256 * 2**20  # the model side does not grow with the image
 
 

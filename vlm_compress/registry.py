@@ -34,6 +34,8 @@ _ADAPTERS: dict[str, str] = {
     "llava_next": "vlm_compress.adapters.llava_next:LlavaNextAdapter",
     "qwen2_vl": "vlm_compress.adapters.qwen2_vl:Qwen2VLAdapter",
     "qwen2_5_vl": "vlm_compress.adapters.qwen2_vl:Qwen2VLAdapter",
+    "qwen3_vl": "vlm_compress.adapters.qwen3_vl:Qwen3VLAdapter",
+    "qwen3_vl_moe": "vlm_compress.adapters.qwen3_vl:Qwen3VLAdapter",
 }
 
 

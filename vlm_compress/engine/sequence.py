@@ -75,6 +75,22 @@ def gather_columns(
     return out
 
 
+def gather_marked_rows(
+    marked: torch.Tensor, values: torch.Tensor, columns: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Follow a shortening of the sequence with a per-position addition that holds one row per marked column.
+
+    ``marked [B, L]`` bool, ``values [M, D]`` (one row per ``True`` of ``marked``, in row-major order),
+    ``columns [B, L']`` (source columns, ``-1``: padding) -> ``marked [B, L']`` and the ``values`` rows of the
+    marked columns that ``columns`` keeps, in the same row-major order.
+    """
+    columns = columns.to(marked.device)
+    row_of = (marked.flatten().long().cumsum(0) - 1).reshape(marked.shape)
+    kept_marked = gather_columns(marked, columns, False)
+    rows = gather_columns(row_of, columns, -1)[kept_marked]
+    return kept_marked, values[rows.to(values.device)]
+
+
 def prompt_of(call: dict[str, Any]) -> torch.Tensor | None:
     """The call's ``input_ids``, else its ``inputs_embeds`` (``None`` when it has neither)."""
     ids = call.get("input_ids")

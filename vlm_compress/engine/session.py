@@ -83,6 +83,9 @@ class Session:
         self.method = method
         self.report = report
         self.states = CallStates()
+        follow = getattr(adapter, "follow_calls", None)  # adapters whose hooks in the model read the running call
+        if follow is not None:
+            follow(self.states)
         self._check_signals()
         language_model = adapter.language_model
         self.pruner: LanguageModelPruner | None = None

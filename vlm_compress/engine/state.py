@@ -78,6 +78,9 @@ class CallState:
     plan: SequencePlan | None = None
     continuation: Continuation | None = None
     pruned: PrunedCache | None = None
+    #: during a prefill pass, once the in-LLM pruner has dropped columns: the layer-0 columns ``[B, Lc]`` the
+    #: hidden states hold from that layer on (``-1``: padding slot); ``None`` while they hold every column
+    layer_columns: torch.Tensor | None = None
     images: list[ImageRecord] = field(default_factory=list, repr=False)
     record: CallRecord | None = field(default=None, repr=False)
 

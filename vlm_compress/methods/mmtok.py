@@ -33,7 +33,7 @@ NON_VISUAL_WORDS = frozenset(
 )
 DEFAULT_QUESTION = "What do you see in this image?"
 #: model types whose official MMTok defaults are the Qwen ones (``mmtok/qwen/``)
-QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 TEXT_SOURCES = ("keywords", "question")
 VISION_POOLINGS = ("concat", "mean")
 _WORD = re.compile(r"\b\w+\b")
@@ -121,8 +121,9 @@ class MMTok(Method):
     requires = ("vision_features", "text_embeds")
     #: official code (Thames-H/26nips-mmtok): LLaVA renumbers the shortened sequence ``0..L'-1``
     #: (``mmtok/llava/llava_arch_mmtok.py``); Qwen2.5-VL gathers the full input's M-RoPE ids onto the kept
-    #: columns (``mmtok/qwen/qwen2_5_VLmodel_mmtok.py``); Qwen2-VL, without official code, does the same
-    default_position_ids = {**CONTIGUOUS_ON_LLAVA, "qwen2_vl": "original", "qwen2_5_vl": "original"}
+    #: columns (``mmtok/qwen/qwen2_5_VLmodel_mmtok.py``), and so does Qwen3-VL (``mmtok/qwen/qwen3_VLmodel_mmtok.py``,
+    #: with its DeepStack features gathered at the same indices); Qwen2-VL, without official code, does the same
+    default_position_ids = {**CONTIGUOUS_ON_LLAVA, **dict.fromkeys(QWEN_MODEL_TYPES, "original")}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -152,7 +153,8 @@ class MMTok(Method):
         return qwen if self._is_qwen(ctx) else llava
 
     def resolved_tv_temperature(self, ctx: VisualContext) -> float:
-        # Qwen: mmtok/qwen/qwen2_5_vl_mmtok.py, mmtok_qwen2_5_vl(): softmax_tv_temperature=0.01;
+        # Qwen: mmtok/qwen/qwen2_5_vl_mmtok.py, mmtok_qwen2_5_vl() and qwen3_vl_mmtok.py, mmtok_qwen3_vl():
+        # softmax_tv_temperature=0.01;
         # LLaVA: mmtok/llava/llava_inject.py, mmtok(): softmax_tv_temperature=0.02
         return self._family_default(ctx, "tv_temperature", llava=0.02, qwen=0.01)
 
@@ -163,7 +165,8 @@ class MMTok(Method):
 
     def resolved_vision_pooling(self, ctx: VisualContext) -> str:
         # Qwen: mmtok/qwen/modeling_qwen2_5_vl_mmtok.py, Qwen2_5_VisionTransformerPretrainedModel_MMTok.forward():
-        # img_features.reshape(seq_len // 4, 4, -1).mean(dim=1), the last block's output before the merger
+        # img_features.reshape(seq_len // 4, 4, -1).mean(dim=1), the last block's output before the merger;
+        # Qwen3-VL: modeling_qwen3_vl_mmtok.py, Qwen3VLVisionModel_MMTok.forward(): the same mean (selection_features)
         return self._family_default(ctx, "vision_pooling", llava="concat", qwen="mean")
 
     # -- the two target sets -----------------------------------------------------------------------------

@@ -17,6 +17,19 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _heads(projection: nn.Module, norm: nn.Module | None, x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """``x [..., D]`` projected and split into heads ``[..., H, head_dim]``, through the layer's query/key norm
+    when it has one (QK-norm: per head, as in Qwen3; or over the whole projection, as in OLMo-2)."""
+    out = projection(x)
+    width = getattr(getattr(norm, "weight", None), "shape", (head_dim,))[-1]
+    if norm is not None and width != head_dim:
+        out = norm(out)
+    out = out.view(*x.shape[:-1], -1, head_dim)
+    if norm is not None and width == head_dim:
+        out = norm(out)
+    return out
+
+
 @torch.no_grad()
 def query_attention(
     attn: nn.Module,
@@ -40,8 +53,8 @@ def query_attention(
     cos = cos.expand(batch, *cos.shape[1:])
     sin = sin.expand(batch, *sin.shape[1:])
     query_hidden = hidden[rows, query_index]  # [B, D]
-    query = attn.q_proj(query_hidden).view(batch, -1, head_dim)  # [B, H, hd]
-    keys = attn.k_proj(hidden).view(batch, length, -1, head_dim)  # [B, L, Hkv, hd]
+    query = _heads(attn.q_proj, getattr(attn, "q_norm", None), query_hidden, head_dim)  # [B, H, hd]
+    keys = _heads(attn.k_proj, getattr(attn, "k_norm", None), hidden, head_dim)  # [B, L, Hkv, hd]
     query_cos, query_sin = cos[rows, query_index][:, None], sin[rows, query_index][:, None]
     query = query * query_cos + rotate_half(query) * query_sin
     keys = keys * cos[:, :, None] + rotate_half(keys) * sin[:, :, None]

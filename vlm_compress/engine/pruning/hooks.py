@@ -129,6 +129,7 @@ class LanguageModelPruner:
             valid = torch.ones(image_of.shape, dtype=torch.bool, device=image_of.device)
         columns = torch.arange(length, device=image_of.device).expand(image_of.shape[0], length)
         self._pass = _Pass(decode=False, call=call, valid=valid, image_of=image_of, columns=columns)
+        call.layer_columns = None
         self._pass.query_column = query_column
         counts = valid.sum(dim=1).tolist()
         self._pass.layer_positions = {layer: counts for layer in range(self.points[0])}
@@ -140,6 +141,7 @@ class LanguageModelPruner:
         state, self._pass = self._pass, None
         if state is None or state.decode:
             return
+        state.call.layer_columns = None
         state.call.write(PrunedPass(state.layer_positions, state.kept_per_image))
 
     # ------------------------------------------------------------------ attention row at layer K-1
@@ -210,7 +212,7 @@ class LanguageModelPruner:
         chosen = keep_to_columns(keep, plan.padding_side)
         hidden = gather_rows(hidden, chosen, 0.0)
         new_columns = torch.where(chosen >= 0, gather_rows(columns, chosen, -1), torch.full_like(chosen, -1))
-        state.columns = new_columns
+        state.columns = state.call.layer_columns = new_columns
         if state.originals is None:
             state.originals = {
                 k: kwargs.get(k) for k in ("position_embeddings", "position_ids", "attention_mask")

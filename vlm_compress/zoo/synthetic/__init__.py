@@ -21,6 +21,7 @@ from .processors import (
     tiny_qwen_processor,
     word_tokenizer,
 )
+from .qwen3_vl import TINY_DEEPSTACK_LAYERS, tiny_qwen3_processor
 from .tiny import (
     BUILDERS,
     INPUTS,
@@ -42,6 +43,7 @@ __all__ = [
     "QWEN_SYNTHETIC_GRID",
     "SYNTHETIC",
     "TINY_CHAT_TEMPLATE",
+    "TINY_DEEPSTACK_LAYERS",
     "TINY_GRID_PINPOINTS",
     "TINY_IMAGE_TOKEN_ID",
     "TINY_NEXT_IMAGE_SIZES",
@@ -58,6 +60,7 @@ __all__ = [
     "tiny_inputs",
     "tiny_next_processor",
     "tiny_processor",
+    "tiny_qwen3_processor",
     "tiny_qwen_processor",
     "word_tokenizer",
 ]

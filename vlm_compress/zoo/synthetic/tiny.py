@@ -8,6 +8,7 @@ works on them runs the same code paths as a HuggingFace checkpoint. May import t
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import torch
@@ -143,12 +144,19 @@ def _build_llava_next(attn_implementation: str, **overrides: Any):
     return LlavaNextForConditionalGeneration(config)
 
 
+def _family(name: str):
+    """A family's own module of this package (imported on first use: it builds on this one)."""
+    return importlib.import_module(f"{__package__}.{name}")
+
+
 #: model_type -> builder(attn_implementation, **text_config_overrides); each adapter adds its tiny model here
 BUILDERS: dict[str, Any] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
     "qwen2_vl": lambda attn, **kw: _build_qwen("qwen2_vl", attn, **kw),
     "qwen2_5_vl": lambda attn, **kw: _build_qwen("qwen2_5_vl", attn, **kw),
+    "qwen3_vl": lambda attn, **kw: _family("qwen3_vl").build_qwen3_vl("qwen3_vl", attn, **kw),
+    "qwen3_vl_moe": lambda attn, **kw: _family("qwen3_vl").build_qwen3_vl("qwen3_vl_moe", attn, **kw),
 }
 
 
@@ -291,6 +299,8 @@ INPUTS: dict[str, Any] = {
     "llava_next": _inputs_llava_next,
     "qwen2_vl": _inputs_qwen,
     "qwen2_5_vl": _inputs_qwen,
+    "qwen3_vl": _inputs_qwen,
+    "qwen3_vl_moe": _inputs_qwen,
 }
 
 

@@ -1,5 +1,5 @@
-"""Random-weight models with the real widths of 7B-class checkpoints (LLaVA-1.5-7B, LLaVA-NeXT-7B, Qwen2-VL-7B)
-and only a few decoder layers, for timings that look like the real ones (``vlmc bench --synthetic``).
+"""Random-weight models with the real widths of 7B-class checkpoints (LLaVA-1.5-7B, LLaVA-NeXT-7B, Qwen2-VL-7B,
+Qwen3-VL-8B) and only a few decoder layers, for timings that look like the real ones (``vlmc bench --synthetic``).
 
 Built on the meta device and materialised in the target dtype/device. May import torch, transformers and
 :mod:`.tiny` (token ids, text config, input builders).
@@ -106,15 +106,64 @@ def _qwen2_vl_7b(layers: int, vision_layers: int):
     return Qwen2VLForConditionalGeneration(config)
 
 
-SYNTHETIC = {"llava-1.5-7b": _llava_15_7b, "llava-next-7b": _llava_next_7b, "qwen2-vl-7b": _qwen2_vl_7b}
-#: patch grid of the synthetic Qwen2-VL image: 448x448 px -> 32x32 patches -> 256 visual tokens
+def _qwen3_vl_8b(layers: int, vision_layers: int):
+    """Qwen3-VL-8B: 27-block ViT (1152 wide, 16-px patches, 2x2 merger, DeepStack mergers after blocks 8, 16 and 24,
+    scaled to ``vision_layers``), Qwen3-8B text (QK-norm, GQA 32/8) with interleaved M-RoPE."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    deepstack = sorted({(block * vision_layers) // 27 for block in (8, 16, 24)})
+    config = Qwen3VLConfig(
+        vision_config=dict(
+            depth=vision_layers,
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_heads=16,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+            out_hidden_size=4096,
+            num_position_embeddings=2304,
+            deepstack_visual_indexes=deepstack,
+        ),
+        text_config=dict(
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=layers,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            vocab_size=151936,
+            max_position_embeddings=262144,
+            pad_token_id=0,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": [24, 20, 20],
+                "mrope_interleaved": True,
+            },
+        ),
+        image_token_id=TINY_IMAGE_TOKEN_ID,
+        **TINY_QWEN_TOKENS,
+    )
+    return Qwen3VLForConditionalGeneration(config)
+
+
+SYNTHETIC = {
+    "llava-1.5-7b": _llava_15_7b,
+    "llava-next-7b": _llava_next_7b,
+    "qwen2-vl-7b": _qwen2_vl_7b,
+    "qwen3-vl-8b": _qwen3_vl_8b,
+}
+#: patch grid of the synthetic Qwen images: 32x32 patches -> 256 visual tokens (448x448 px for Qwen2-VL's 14-px
+#: patches, 512x512 px for Qwen3-VL's 16-px ones)
 QWEN_SYNTHETIC_GRID = (1, 32, 32)
 
 
 def synthetic_inputs(model, text_tokens: int = 40) -> dict[str, torch.Tensor]:
     """One prompt with one image of a realistic size for a :func:`build_synthetic` model (576 tokens for LLaVA-1.5,
-    a 672x672-class AnyRes image for LLaVA-NeXT, 256 merged tokens for Qwen2-VL)."""
-    if model.config.model_type == "qwen2_vl":
+    a 672x672-class AnyRes image for LLaVA-NeXT, 256 merged tokens for Qwen2-VL and Qwen3-VL)."""
+    if model.config.model_type in ("qwen2_vl", "qwen3_vl"):
         return qwen_inputs(model, [1], text_lengths=[text_tokens], grids=(QWEN_SYNTHETIC_GRID,))
     # seed 3 picks the square image of TINY_NEXT_IMAGE_SIZES: the 672x672 pinpoint, 2x2 crops (2,880 tokens)
     seed = 3 if model.config.model_type == "llava_next" else 0
