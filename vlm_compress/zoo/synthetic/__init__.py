@@ -11,6 +11,7 @@
 May import torch, transformers, tokenizers and PIL; nothing of vlm_compress outside :mod:`vlm_compress.zoo`.
 """
 
+from .llava_onevision import tiny_onevision_inputs, tiny_onevision_processor
 from .processors import (
     TINY_CHAT_TEMPLATE,
     TINY_QWEN_CHAT_TEMPLATE,
@@ -57,6 +58,8 @@ __all__ = [
     "synthetic_inputs",
     "tiny_inputs",
     "tiny_next_processor",
+    "tiny_onevision_inputs",
+    "tiny_onevision_processor",
     "tiny_processor",
     "tiny_qwen_processor",
     "word_tokenizer",

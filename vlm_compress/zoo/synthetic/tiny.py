@@ -149,6 +149,7 @@ BUILDERS: dict[str, Any] = {
     "llava_next": _build_llava_next,
     "qwen2_vl": lambda attn, **kw: _build_qwen("qwen2_vl", attn, **kw),
     "qwen2_5_vl": lambda attn, **kw: _build_qwen("qwen2_5_vl", attn, **kw),
+    "llava_onevision": lambda attn, **kw: _family("llava_onevision").build_tiny_onevision(attn, **kw),
 }
 
 
@@ -291,7 +292,17 @@ INPUTS: dict[str, Any] = {
     "llava_next": _inputs_llava_next,
     "qwen2_vl": _inputs_qwen,
     "qwen2_5_vl": _inputs_qwen,
+    "llava_onevision": lambda model, rows, **kw: _family("llava_onevision").tiny_onevision_inputs(
+        model, rows, **kw
+    ),
 }
+
+
+def _family(name: str):
+    """The per-family module ``zoo/synthetic/<name>.py`` (imported on first use: it imports this module)."""
+    import importlib
+
+    return importlib.import_module(f"{__package__}.{name}")
 
 
 def tiny_inputs(
