@@ -56,6 +56,45 @@ def build_tiny_onevision(attn_implementation: str, **overrides: Any):
     return LlavaOnevisionForConditionalGeneration(config)
 
 
+#: the synthetic 7B shape's image (h, w): 1x2 crops of 384 px, 729 + 27 x 54 + 27 = 2,214 visual tokens
+SYNTHETIC_ONEVISION_IMAGE = (384, 768)
+
+
+def llava_onevision_7b(layers: int, vision_layers: int):
+    """LLaVA-OneVision-Qwen2-7B's widths: SigLIP-so400m/14 at 384 px (729 tokens per pass, no [CLS], no head),
+    AnyRes-max-9 over the default 384-px pinpoints, Qwen2-7B text; the tiny models' special token ids."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, SiglipVisionConfig
+
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=16,
+            image_size=384,
+            patch_size=14,
+            vision_use_head=False,
+        ),
+        text_config=dict(
+            model_type="qwen2",
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=layers,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            vocab_size=152064,
+            max_position_embeddings=32768,
+            pad_token_id=0,
+        ),
+        image_token_index=TINY_IMAGE_TOKEN_ID,
+        video_token_index=TINY_VIDEO_TOKEN_ID,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+    )
+    return LlavaOnevisionForConditionalGeneration(config)
+
+
 def tiny_onevision_processor(model, words: list[str] | None = None, *, padding_side: str = "left"):
     """A real ``LlavaOnevisionProcessor`` for the tiny model (PIL image processor, word-level tokenizer, no video
     processor: the video one needs torchvision, which the core environment cannot have beside its CPU torch)."""
@@ -108,8 +147,10 @@ def tiny_onevision_inputs(
     text_lengths: list[int] | None = None,
     padding_side: str = "left",
     seed: int = 0,
+    image_sizes: list[tuple[int, int]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Run the real processor on random images of :data:`TINY_ONEVISION_IMAGE_SIZES` (in turn): ``input_ids``,
+    """Run the real processor on random images of ``image_sizes`` (default :data:`TINY_ONEVISION_IMAGE_SIZES`),
+    in turn: ``input_ids``,
     ``attention_mask``, ``pixel_values [I, P, 3, 32, 32]``, ``image_sizes [I, 2]``, ``batch_num_images``.
 
     A row with several images is a multi-image prompt: as in the real processor, its images are not cropped
@@ -126,7 +167,7 @@ def tiny_onevision_inputs(
         parts, row_images = ["<s>", *words[:text_length]], []
         for i in range(count):
             parts += ["<image>", *words[text_length + 2 * i : text_length + 2 * i + 2]]
-            sizes = TINY_ONEVISION_IMAGE_SIZES
+            sizes = image_sizes or TINY_ONEVISION_IMAGE_SIZES
             height, width = sizes[(sum(map(len, images)) + len(row_images) + seed) % len(sizes)]
             pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
             row_images.append(Image.fromarray(np.asarray(pixels.numpy())))

@@ -11,7 +11,14 @@ from typing import Any
 
 import torch
 
-from .tiny import TINY_IMAGE_TOKEN_ID, TINY_QWEN_TOKENS, _tiny_text_params, qwen_inputs, tiny_inputs
+from .tiny import (
+    TINY_IMAGE_TOKEN_ID,
+    TINY_QWEN_TOKENS,
+    _family,
+    _tiny_text_params,
+    qwen_inputs,
+    tiny_inputs,
+)
 
 
 def _llama_text_config(**overrides: Any):
@@ -107,6 +114,7 @@ def _qwen2_vl_7b(layers: int, vision_layers: int):
 
 
 SYNTHETIC = {"llava-1.5-7b": _llava_15_7b, "llava-next-7b": _llava_next_7b, "qwen2-vl-7b": _qwen2_vl_7b}
+SYNTHETIC["llava-onevision-7b"] = lambda *sizes: _family("llava_onevision").llava_onevision_7b(*sizes)
 #: patch grid of the synthetic Qwen2-VL image: 448x448 px -> 32x32 patches -> 256 visual tokens
 QWEN_SYNTHETIC_GRID = (1, 32, 32)
 
@@ -116,6 +124,11 @@ def synthetic_inputs(model, text_tokens: int = 40) -> dict[str, torch.Tensor]:
     a 672x672-class AnyRes image for LLaVA-NeXT, 256 merged tokens for Qwen2-VL)."""
     if model.config.model_type == "qwen2_vl":
         return qwen_inputs(model, [1], text_lengths=[text_tokens], grids=(QWEN_SYNTHETIC_GRID,))
+    if model.config.model_type == "llava_onevision":
+        family = _family("llava_onevision")
+        return family.tiny_onevision_inputs(
+            model, [1], text_lengths=[text_tokens], image_sizes=[family.SYNTHETIC_ONEVISION_IMAGE]
+        )
     # seed 3 picks the square image of TINY_NEXT_IMAGE_SIZES: the 672x672 pinpoint, 2x2 crops (2,880 tokens)
     seed = 3 if model.config.model_type == "llava_next" else 0
     return tiny_inputs(model, [1], text_lengths=[text_tokens], seed=seed)
