@@ -42,6 +42,8 @@ def query_attention(
     query_hidden = hidden[rows, query_index]  # [B, D]
     query = attn.q_proj(query_hidden).view(batch, -1, head_dim)  # [B, H, hd]
     keys = attn.k_proj(hidden).view(batch, length, -1, head_dim)  # [B, L, Hkv, hd]
+    if getattr(attn, "q_norm", None) is not None:  # per-head norms before the rotary (Gemma 3, Qwen3)
+        query, keys = attn.q_norm(query), attn.k_norm(keys)
     query_cos, query_sin = cos[rows, query_index][:, None], sin[rows, query_index][:, None]
     query = query * query_cos + rotate_half(query) * query_sin
     keys = keys * cos[:, :, None] + rotate_half(keys) * sin[:, :, None]
@@ -49,5 +51,9 @@ def query_attention(
     logits = torch.einsum("bhd,blhd->bhl", query.float(), keys.float()) * attn.scaling
     positions = torch.arange(length, device=hidden.device)
     allowed = (columns >= 0) & gather_rows(valid, columns, 0).bool() & (positions <= query_index[:, None])
+    window = getattr(attn, "sliding_window", None)
+    if window is not None:  # a sliding-window layer: the query sees its last `window` layer-0 columns only
+        query_columns = columns[rows, query_index]
+        allowed &= columns > (query_columns[:, None] - window)
     logits = logits.masked_fill(~allowed[:, None, :], float("-inf"))
     return logits.softmax(dim=-1).mean(dim=1)
