@@ -35,6 +35,7 @@ _ADAPTERS: dict[str, str] = {
     "qwen2_vl": "vlm_compress.adapters.qwen2_vl:Qwen2VLAdapter",
     "qwen2_5_vl": "vlm_compress.adapters.qwen2_vl:Qwen2VLAdapter",
     "llava_onevision": "vlm_compress.adapters.llava_onevision:LlavaOnevisionAdapter",
+    "gemma3": "vlm_compress.adapters.gemma3:Gemma3Adapter",
 }
 
 

@@ -11,6 +11,7 @@
 May import torch, transformers, tokenizers and PIL; nothing of vlm_compress outside :mod:`vlm_compress.zoo`.
 """
 
+from .gemma3 import tiny_gemma3_inputs, tiny_gemma3_processor
 from .llava_onevision import tiny_onevision_inputs, tiny_onevision_processor
 from .processors import (
     TINY_CHAT_TEMPLATE,
@@ -56,6 +57,8 @@ __all__ = [
     "build_tiny",
     "qwen_inputs",
     "synthetic_inputs",
+    "tiny_gemma3_inputs",
+    "tiny_gemma3_processor",
     "tiny_inputs",
     "tiny_next_processor",
     "tiny_onevision_inputs",

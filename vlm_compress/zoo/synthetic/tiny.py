@@ -150,6 +150,7 @@ BUILDERS: dict[str, Any] = {
     "qwen2_vl": lambda attn, **kw: _build_qwen("qwen2_vl", attn, **kw),
     "qwen2_5_vl": lambda attn, **kw: _build_qwen("qwen2_5_vl", attn, **kw),
     "llava_onevision": lambda attn, **kw: _family("llava_onevision").build_tiny_onevision(attn, **kw),
+    "gemma3": lambda attn, **kw: _family("gemma3").build_tiny_gemma3(attn, **kw),
 }
 
 
@@ -295,6 +296,7 @@ INPUTS: dict[str, Any] = {
     "llava_onevision": lambda model, rows, **kw: _family("llava_onevision").tiny_onevision_inputs(
         model, rows, **kw
     ),
+    "gemma3": lambda model, rows, **kw: _family("gemma3").tiny_gemma3_inputs(model, rows, **kw),
 }
 
 
