@@ -2,8 +2,8 @@
 
 Every image is one SigLIP pass of ``p x p`` patches (64 x 64 at 896 px) that the projector average-pools
 ``k x k`` into ``t x t`` tokens (16 x 16 = 256); the prompt holds ``<start_of_image>``, ``t * t``
-``<image_soft_token>`` placeholders and ``<end_of_image>`` per image (Pan & Scan crops are further images of
-their own). Those pooled tokens are what methods choose from, on a ``(t, t)`` grid.
+``<image_soft_token>`` placeholders and ``<end_of_image>`` per image (Pan & Scan crops, which the processor
+adds as further images, would each be a slot of their own; not tested). Those pooled tokens are what methods choose from, on a ``(t, t)`` grid.
 
 Inside the language model the soft tokens of one image attend to each other **bidirectionally**; the model
 builds that mask itself from ``token_type_ids`` (1 at soft tokens). The engine gathers ``token_type_ids`` with

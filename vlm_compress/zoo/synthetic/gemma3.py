@@ -68,6 +68,46 @@ def build_tiny_gemma3(attn_implementation: str, **overrides: Any):
     return Gemma3ForConditionalGeneration(config)
 
 
+def gemma3_4b(layers: int, vision_layers: int):
+    """Gemma-3-4B's widths: SigLIP-so400m/14 at 896 px (64 x 64 patches pooled 4 x 4 into 256 tokens), Gemma 3
+    text 2560 wide (8 heads of 256, 4 KV heads, a 1024-token sliding window on five layers of six); the tiny
+    models' image token ids."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    config = Gemma3Config(
+        text_config=dict(
+            hidden_size=2560,
+            intermediate_size=10240,
+            num_hidden_layers=layers,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            head_dim=256,
+            query_pre_attn_scalar=256,
+            vocab_size=262208,
+            sliding_window=1024,
+            layer_types=[
+                "full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)
+            ],
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=16,
+            image_size=896,
+            patch_size=14,
+            vision_use_head=False,
+        ),
+        mm_tokens_per_image=256,
+        boi_token_index=TINY_GEMMA3_TOKENS["<start_of_image>"],
+        eoi_token_index=TINY_GEMMA3_TOKENS["<end_of_image>"],
+        image_token_index=TINY_IMAGE_TOKEN_ID,
+    )
+    return Gemma3ForConditionalGeneration(config)
+
+
 def tiny_gemma3_processor(model, words: list[str] | None = None, *, padding_side: str = "left"):
     """A real ``Gemma3Processor`` for the tiny model (PIL image processor, word-level tokenizer carrying Gemma 3's
     image tokens as the processor expects them)."""

@@ -115,6 +115,7 @@ def _qwen2_vl_7b(layers: int, vision_layers: int):
 
 SYNTHETIC = {"llava-1.5-7b": _llava_15_7b, "llava-next-7b": _llava_next_7b, "qwen2-vl-7b": _qwen2_vl_7b}
 SYNTHETIC["llava-onevision-7b"] = lambda *sizes: _family("llava_onevision").llava_onevision_7b(*sizes)
+SYNTHETIC["gemma-3-4b"] = lambda *sizes: _family("gemma3").gemma3_4b(*sizes)
 #: patch grid of the synthetic Qwen2-VL image: 448x448 px -> 32x32 patches -> 256 visual tokens
 QWEN_SYNTHETIC_GRID = (1, 32, 32)
 
@@ -124,6 +125,8 @@ def synthetic_inputs(model, text_tokens: int = 40) -> dict[str, torch.Tensor]:
     a 672x672-class AnyRes image for LLaVA-NeXT, 256 merged tokens for Qwen2-VL)."""
     if model.config.model_type == "qwen2_vl":
         return qwen_inputs(model, [1], text_lengths=[text_tokens], grids=(QWEN_SYNTHETIC_GRID,))
+    if model.config.model_type == "gemma3":
+        return _family("gemma3").tiny_gemma3_inputs(model, [1], text_lengths=[text_tokens])
     if model.config.model_type == "llava_onevision":
         family = _family("llava_onevision")
         return family.tiny_onevision_inputs(
