@@ -230,3 +230,16 @@ def test_in_llm_pruning_past_the_sliding_window_is_a_clear_error():
     inputs = tiny_inputs(model, [2], seed=1)
     with vlmc.compress(model, "fastv", budget=4), pytest.raises(vlmc.UnsupportedModelError, match="sliding"):
         model.generate(**inputs, max_new_tokens=2, do_sample=False)
+
+
+def test_synthetic_gemma3_4b_has_the_real_widths():
+    from vlm_compress.zoo.synthetic import SYNTHETIC, synthetic_inputs
+
+    with torch.device("meta"):
+        model = SYNTHETIC["gemma-3-4b"](6, 2)
+    text, vision = model.config.text_config, model.config.vision_config
+    assert (text.hidden_size, text.head_dim, text.sliding_window) == (2560, 256, 1024)
+    assert text.layer_types == ["sliding_attention"] * 5 + ["full_attention"]
+    assert (vision.image_size // vision.patch_size, model.config.mm_tokens_per_image) == (64, 256)
+    inputs = synthetic_inputs(model, 35)
+    assert int(inputs["token_type_ids"].sum()) == 256

@@ -230,3 +230,15 @@ def test_errors_are_clear(model, single):
             model(**missing)
         with pytest.raises(vlmc.UnsupportedModelError, match="no \\[CLS\\] token"):
             model(**single, vision_feature_select_strategy="default")
+
+
+def test_synthetic_onevision_7b_has_the_real_widths():
+    from vlm_compress.zoo.synthetic import SYNTHETIC, synthetic_inputs
+
+    with torch.device("meta"):
+        model = SYNTHETIC["llava-onevision-7b"](1, 2)
+    text, vision = model.config.text_config, model.config.vision_config
+    assert (text.hidden_size, text.intermediate_size, text.num_key_value_heads) == (3584, 18944, 4)
+    assert (vision.hidden_size, vision.image_size // vision.patch_size) == (1152, 27)
+    inputs = synthetic_inputs(model, 35)
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 729 + 27 * 54 + 27
