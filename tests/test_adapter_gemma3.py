@@ -267,3 +267,11 @@ def test_fastv_equals_the_masked_reference_with_bidirectional_images():
         torch.testing.assert_close(
             logits[b, -survivors.numel() :], reference[b, survivors], atol=2e-5, rtol=1e-4
         )
+
+
+def test_right_padding_and_text_only_rows(model):
+    inputs = tiny_inputs(model, [1, 0], padding_side="right", seed=4)
+    with vlmc.compress(model, "globalcom2", budget=4):
+        cached = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        uncached = model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)

@@ -166,9 +166,10 @@ def tiny_gemma3_inputs(
             row_images.append(Image.fromarray(np.asarray(pixels.numpy())))
         texts.append(" ".join(parts))
         images.append(row_images)
-    nested = [row for row in images if row]
-    out = processor(images=nested or None, text=texts, return_tensors="pt", padding=True)
+    # a text-only row keeps its empty list: the processor counts images per prompt
+    any_image = any(images)
+    out = processor(images=images if any_image else None, text=texts, return_tensors="pt", padding=True)
     inputs = {k: out[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in out}
-    if nested:
+    if any_image:
         inputs["pixel_values"] = out["pixel_values"]
     return inputs
