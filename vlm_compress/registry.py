@@ -36,6 +36,8 @@ _ADAPTERS: dict[str, str] = {
     "qwen2_5_vl": "vlm_compress.adapters.qwen2_vl:Qwen2VLAdapter",
     "qwen3_vl": "vlm_compress.adapters.qwen3_vl:Qwen3VLAdapter",
     "qwen3_vl_moe": "vlm_compress.adapters.qwen3_vl:Qwen3VLAdapter",
+    "llava_onevision": "vlm_compress.adapters.llava_onevision:LlavaOnevisionAdapter",
+    "gemma3": "vlm_compress.adapters.gemma3:Gemma3Adapter",
 }
 
 

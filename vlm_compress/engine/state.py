@@ -51,6 +51,7 @@ class PrunedCache:
 
     prefill_length: int
     segments: list[Segment] = field(default_factory=list)
+    prefill_valid: torch.Tensor | None = None  # [B, prefill_length] real (non-padding) layer-0 columns
 
     def segment_for(self, layer: int) -> Segment | None:
         chosen = None

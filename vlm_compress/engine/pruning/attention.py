@@ -62,5 +62,9 @@ def query_attention(
     logits = torch.einsum("bhd,blhd->bhl", query.float(), keys.float()) * attn.scaling
     positions = torch.arange(length, device=hidden.device)
     allowed = (columns >= 0) & gather_rows(valid, columns, 0).bool() & (positions <= query_index[:, None])
+    window = getattr(attn, "sliding_window", None)
+    if window is not None:  # a sliding-window layer: the query sees its last `window` layer-0 columns only
+        query_columns = columns[rows, query_index]
+        allowed &= columns > (query_columns[:, None] - window)
     logits = logits.masked_fill(~allowed[:, None, :], float("-inf"))
     return logits.softmax(dim=-1).mean(dim=1)

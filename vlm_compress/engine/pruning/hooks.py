@@ -23,7 +23,7 @@ from ..cache_compat import call_cache
 from ..state import CallState, CallStates, PrunedCache, PrunedPass, Segment
 from ..undo import UndoRecorder
 from .attention import query_attention
-from .masks import decode_mask, gather_rows, keep_to_columns, layer_inputs
+from .masks import causal_decode_mask, decode_mask, gather_rows, keep_to_columns, layer_inputs
 
 PRUNING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
 
@@ -40,8 +40,10 @@ class _Pass:
     image_of: torch.Tensor | None = None  # [B, L0]
     columns: torch.Tensor | None = None  # current layer-0 columns [B, Lc]
     attention: dict[int, torch.Tensor] = field(default_factory=dict)
-    originals: dict[str, Any] | None = None  # layer kwargs of the unpruned pass
-    substitutes: dict[str, Any] | None = None
+    pruned_before: bool = False  # a layer of this pass already dropped columns
+    # a later layer's inputs gathered onto the current columns, per identity of the layer's own mask and rotary
+    # embeddings (models with several layer types, e.g. sliding and global, pass each type its own)
+    substitutes: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     layer_positions: dict[int, list[int]] = field(default_factory=dict)
     total_keys: int = 0  # decode: layer-0 keys after this step
     kept_per_image: dict[int, dict[int, int]] = field(default_factory=dict)
@@ -99,6 +101,7 @@ class LanguageModelPruner:
                 # the layer-0 key count after this step, read before layer 0 appends to the cache
                 self._pass = _Pass(decode=True, pruned=filled_by.pruned)
                 self._pass.total_keys = cache.get_seq_length() + _input_length(args, kwargs)
+                self._check_window(self._pass.total_keys)
             return
         call = self.states.current
         if call is None or call.plan is None or not bool((call.plan.image_of >= 0).any()):
@@ -125,6 +128,8 @@ class LanguageModelPruner:
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.ndim == 2:
             valid = mask.bool()
+        elif isinstance(mask, dict):  # one mask per layer type (e.g. Gemma 3): the plan knows the padding
+            valid = self._plan_validity(plan, image_of.shape)
         else:
             valid = torch.ones(image_of.shape, dtype=torch.bool, device=image_of.device)
         columns = torch.arange(length, device=image_of.device).expand(image_of.shape[0], length)
@@ -134,8 +139,29 @@ class LanguageModelPruner:
         counts = valid.sum(dim=1).tolist()
         self._pass.layer_positions = {layer: counts for layer in range(self.points[0])}
         if cache is not None:
-            call.pruned = self._pass.pruned = PrunedCache(prefill_length=length)
+            self._check_window(length)
+            call.pruned = self._pass.pruned = PrunedCache(prefill_length=length, prefill_valid=valid)
             self.states.bind(cache, call)
+
+    @staticmethod
+    def _plan_validity(plan: Any, shape: torch.Size) -> torch.Tensor:
+        """``[B, L]`` real columns from the plan's mask (rows repeated for an expanded batch, generated tokens real)."""
+        valid = plan.attention_mask.bool()
+        if valid.shape[0] != shape[0]:
+            valid = valid.repeat_interleave(shape[0] // valid.shape[0], dim=0)
+        later = torch.ones(shape[0], shape[1] - valid.shape[1], dtype=torch.bool, device=valid.device)
+        return torch.cat([valid, later], dim=1)
+
+    def _check_window(self, keys: int) -> None:
+        """A sliding-window layer's cache keeps only its window: the pruned per-layer caches assume every key stays."""
+        windows = [getattr(layer.self_attn, "sliding_window", None) for layer in self.layers]
+        windows = [w for w in windows if w is not None]
+        if windows and keys >= min(windows):
+            raise UnsupportedModelError(
+                f"{self.method.name} prunes inside the language model, whose sliding-window layers keep only the last "
+                f"{min(windows)} keys in their cache; this sequence reaches {keys}: use a shorter prompt, "
+                "use_cache=False, or a method that compresses before the language model"
+            )
 
     def _on_model_end(self, module: nn.Module, args: tuple, output: Any) -> None:
         state, self._pass = self._pass, None
@@ -168,9 +194,9 @@ class LanguageModelPruner:
                 return self._decode_layer(index, args, kwargs, state)
             if index in self.points:
                 args, kwargs = self._prune(index, args, kwargs, state)
-            elif state.substitutes is not None:
-                kwargs = {**kwargs, **state.substitutes}
-            if state.substitutes is not None:
+            elif state.pruned_before:
+                kwargs = {**kwargs, **self._layer_inputs(state, kwargs)}
+            if state.pruned_before:
                 counts = (state.columns >= 0).sum(dim=1).tolist()
                 state.layer_positions[index] = counts
             else:
@@ -207,23 +233,32 @@ class LanguageModelPruner:
             )
         self._record_kept(state, index, context.image_of, keep_visual & visual)
         if bool((keep_visual | ~visual).all()):  # nothing to drop here: leave the pass untouched
-            return args, (kwargs if state.substitutes is None else {**kwargs, **state.substitutes})
+            return args, (
+                kwargs if not state.pruned_before else {**kwargs, **self._layer_inputs(state, kwargs)}
+            )
         keep = valid & (~visual | keep_visual)
         chosen = keep_to_columns(keep, plan.padding_side)
         hidden = gather_rows(hidden, chosen, 0.0)
         new_columns = torch.where(chosen >= 0, gather_rows(columns, chosen, -1), torch.full_like(chosen, -1))
         state.columns = state.call.layer_columns = new_columns
-        if state.originals is None:
-            state.originals = {
-                k: kwargs.get(k) for k in ("position_embeddings", "position_ids", "attention_mask")
-            }
-        state.substitutes = layer_inputs(state.originals, new_columns)
+        state.pruned_before = True
+        state.substitutes = {}
         if state.pruned is not None:
             state.pruned.segments.append(Segment(index, new_columns))
         args = (hidden, *args[1:]) if args else args
         if not args:
             kwargs = {**kwargs, "hidden_states": hidden}
-        return args, {**kwargs, **state.substitutes}
+        return args, {**kwargs, **self._layer_inputs(state, kwargs)}
+
+    @staticmethod
+    def _layer_inputs(state: _Pass, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """This layer's own full-pass mask, rotary embeddings and position ids, gathered onto the current columns
+        (every layer receives the unpruned ones from the model; layers of one type share them)."""
+        key = (id(kwargs.get("attention_mask")), id(kwargs.get("position_embeddings")))
+        if key not in state.substitutes:
+            originals = {k: kwargs.get(k) for k in ("position_embeddings", "position_ids", "attention_mask")}
+            state.substitutes[key] = layer_inputs(originals, state.columns)
+        return state.substitutes[key]
 
     @staticmethod
     def _record_kept(state: _Pass, layer: int, image_of: torch.Tensor, kept: torch.Tensor) -> None:
@@ -234,14 +269,18 @@ class LanguageModelPruner:
         segment = state.pruned.segment_for(index)
         if segment is None:
             return None
-        cached = state.substitutes
-        if cached is not None and cached.get("_segment") is segment:
-            return args, {**kwargs, "attention_mask": cached["attention_mask"]}
         mask = kwargs.get("attention_mask")
-        hidden = args[0] if args else kwargs["hidden_states"]
-        query_length = hidden.shape[1]
-        new_mask = decode_mask(
-            mask, segment.columns, state.pruned.prefill_length, query_length, state.total_keys
-        )
-        state.substitutes = {"_segment": segment, "attention_mask": new_mask}
-        return args, {**kwargs, "attention_mask": new_mask}
+        key = (id(segment), id(mask))
+        if key not in state.substitutes:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            query_length = hidden.shape[1]
+            if isinstance(mask, torch.Tensor) and mask.ndim == 4 and mask.shape[-1] != state.total_keys:
+                # the model sized this mask against a pruned layer's shorter cache: rebuild it over layer 0's keys
+                window = getattr(self.layers[index].self_attn, "sliding_window", None)
+                mask = causal_decode_mask(state.pruned, query_length, state.total_keys, mask, window)
+            state.substitutes[key] = {
+                "attention_mask": decode_mask(
+                    mask, segment.columns, state.pruned.prefill_length, query_length, state.total_keys
+                )
+            }
+        return args, {**kwargs, **state.substitutes[key]}

@@ -119,3 +119,22 @@ def decode_mask(mask: Any, columns: torch.Tensor, prefill: int, query_length: in
     else:
         raise _unsupported(mask)
     return _as_mask_of(allowed, mask)
+
+
+def causal_decode_mask(
+    pruned: Any, query_length: int, total: int, like: torch.Tensor, window: int | None = None
+) -> torch.Tensor:
+    """A decode step's ``[B, 1, Lq, total]`` causal mask over layer 0's keys, of ``like``'s kind (bool or additive):
+    the prefill's real columns (``pruned.prefill_valid``) and every later key, within ``window`` keys if given."""
+    batch = like.shape[0]
+    valid = pruned.prefill_valid.bool().to(like.device)
+    if valid.shape[0] != batch:  # generate expanded the batch (num_return_sequences, beams)
+        valid = valid.repeat_interleave(batch // valid.shape[0], dim=0)
+    later = torch.ones(batch, total - valid.shape[1], dtype=torch.bool, device=like.device)
+    keys = torch.cat([valid, later], dim=1)
+    key_index = torch.arange(total, device=like.device)
+    query_index = torch.arange(total - query_length, total, device=like.device)
+    allowed = keys[:, None, :] & (key_index[None, None, :] <= query_index[None, :, None])
+    if window is not None:
+        allowed &= key_index[None, None, :] > query_index[None, :, None] - window
+    return _as_mask_of(allowed, like)

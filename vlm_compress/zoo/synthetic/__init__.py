@@ -11,6 +11,8 @@
 May import torch, transformers, tokenizers and PIL; nothing of vlm_compress outside :mod:`vlm_compress.zoo`.
 """
 
+from .gemma3 import tiny_gemma3_inputs, tiny_gemma3_processor
+from .llava_onevision import tiny_onevision_inputs, tiny_onevision_processor
 from .processors import (
     TINY_CHAT_TEMPLATE,
     TINY_QWEN_CHAT_TEMPLATE,
@@ -57,8 +59,12 @@ __all__ = [
     "build_tiny",
     "qwen_inputs",
     "synthetic_inputs",
+    "tiny_gemma3_inputs",
+    "tiny_gemma3_processor",
     "tiny_inputs",
     "tiny_next_processor",
+    "tiny_onevision_inputs",
+    "tiny_onevision_processor",
     "tiny_processor",
     "tiny_qwen3_processor",
     "tiny_qwen_processor",

@@ -157,6 +157,8 @@ BUILDERS: dict[str, Any] = {
     "qwen2_5_vl": lambda attn, **kw: _build_qwen("qwen2_5_vl", attn, **kw),
     "qwen3_vl": lambda attn, **kw: _family("qwen3_vl").build_qwen3_vl("qwen3_vl", attn, **kw),
     "qwen3_vl_moe": lambda attn, **kw: _family("qwen3_vl").build_qwen3_vl("qwen3_vl_moe", attn, **kw),
+    "llava_onevision": lambda attn, **kw: _family("llava_onevision").build_tiny_onevision(attn, **kw),
+    "gemma3": lambda attn, **kw: _family("gemma3").build_tiny_gemma3(attn, **kw),
 }
 
 
@@ -301,6 +303,10 @@ INPUTS: dict[str, Any] = {
     "qwen2_5_vl": _inputs_qwen,
     "qwen3_vl": _inputs_qwen,
     "qwen3_vl_moe": _inputs_qwen,
+    "llava_onevision": lambda model, rows, **kw: _family("llava_onevision").tiny_onevision_inputs(
+        model, rows, **kw
+    ),
+    "gemma3": lambda model, rows, **kw: _family("gemma3").tiny_gemma3_inputs(model, rows, **kw),
 }
 
 

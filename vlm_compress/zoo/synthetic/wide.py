@@ -11,7 +11,14 @@ from typing import Any
 
 import torch
 
-from .tiny import TINY_IMAGE_TOKEN_ID, TINY_QWEN_TOKENS, _tiny_text_params, qwen_inputs, tiny_inputs
+from .tiny import (
+    TINY_IMAGE_TOKEN_ID,
+    TINY_QWEN_TOKENS,
+    _family,
+    _tiny_text_params,
+    qwen_inputs,
+    tiny_inputs,
+)
 
 
 def _llama_text_config(**overrides: Any):
@@ -154,6 +161,8 @@ SYNTHETIC = {
     "llava-next-7b": _llava_next_7b,
     "qwen2-vl-7b": _qwen2_vl_7b,
     "qwen3-vl-8b": _qwen3_vl_8b,
+    "llava-onevision-7b": lambda *sizes: _family("llava_onevision").llava_onevision_7b(*sizes),
+    "gemma-3-4b": lambda *sizes: _family("gemma3").gemma3_4b(*sizes),
 }
 #: patch grid of the synthetic Qwen images: 32x32 patches -> 256 visual tokens (448x448 px for Qwen2-VL's 14-px
 #: patches, 512x512 px for Qwen3-VL's 16-px ones)
@@ -165,6 +174,13 @@ def synthetic_inputs(model, text_tokens: int = 40) -> dict[str, torch.Tensor]:
     a 672x672-class AnyRes image for LLaVA-NeXT, 256 merged tokens for Qwen2-VL and Qwen3-VL)."""
     if model.config.model_type in ("qwen2_vl", "qwen3_vl"):
         return qwen_inputs(model, [1], text_lengths=[text_tokens], grids=(QWEN_SYNTHETIC_GRID,))
+    if model.config.model_type == "gemma3":
+        return _family("gemma3").tiny_gemma3_inputs(model, [1], text_lengths=[text_tokens])
+    if model.config.model_type == "llava_onevision":
+        family = _family("llava_onevision")
+        return family.tiny_onevision_inputs(
+            model, [1], text_lengths=[text_tokens], image_sizes=[family.SYNTHETIC_ONEVISION_IMAGE]
+        )
     # seed 3 picks the square image of TINY_NEXT_IMAGE_SIZES: the 672x672 pinpoint, 2x2 crops (2,880 tokens)
     seed = 3 if model.config.model_type == "llava_next" else 0
     return tiny_inputs(model, [1], text_lengths=[text_tokens], seed=seed)
