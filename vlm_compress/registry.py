@@ -34,6 +34,7 @@ _ADAPTERS: dict[str, str] = {
     "llava_next": "vlm_compress.adapters.llava_next:LlavaNextAdapter",
     "qwen2_vl": "vlm_compress.adapters.qwen2_vl:Qwen2VLAdapter",
     "qwen2_5_vl": "vlm_compress.adapters.qwen2_vl:Qwen2VLAdapter",
+    "internvl": "vlm_compress.adapters.internvl:InternVLAdapter",
 }
 
 

@@ -149,7 +149,15 @@ BUILDERS: dict[str, Any] = {
     "llava_next": _build_llava_next,
     "qwen2_vl": lambda attn, **kw: _build_qwen("qwen2_vl", attn, **kw),
     "qwen2_5_vl": lambda attn, **kw: _build_qwen("qwen2_5_vl", attn, **kw),
+    "internvl": lambda attn, **kw: _family("internvl", "build_internvl")(attn, **kw),
 }
+
+
+def _family(module: str, name: str):
+    """A builder of a family kept in its own module (imported when first used: it imports this one)."""
+    import importlib
+
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 def build_tiny(
@@ -291,6 +299,7 @@ INPUTS: dict[str, Any] = {
     "llava_next": _inputs_llava_next,
     "qwen2_vl": _inputs_qwen,
     "qwen2_5_vl": _inputs_qwen,
+    "internvl": lambda model, rows, **kw: _family("internvl", "internvl_inputs")(model, rows, **kw),
 }
 
 

@@ -106,16 +106,34 @@ def _qwen2_vl_7b(layers: int, vision_layers: int):
     return Qwen2VLForConditionalGeneration(config)
 
 
-SYNTHETIC = {"llava-1.5-7b": _llava_15_7b, "llava-next-7b": _llava_next_7b, "qwen2-vl-7b": _qwen2_vl_7b}
+def _internvl3_8b(layers: int, vision_layers: int):
+    from .internvl import internvl3_8b
+
+    return internvl3_8b(layers, vision_layers)
+
+
+SYNTHETIC = {
+    "llava-1.5-7b": _llava_15_7b,
+    "llava-next-7b": _llava_next_7b,
+    "qwen2-vl-7b": _qwen2_vl_7b,
+    "internvl3-8b": _internvl3_8b,
+}
+#: the synthetic InternVL image: 896x896 px -> 2x2 crops of 448 px + the thumbnail -> 5 x 256 = 1,280 tokens
+INTERNVL_SYNTHETIC_SIZE = (896, 896)
 #: patch grid of the synthetic Qwen2-VL image: 448x448 px -> 32x32 patches -> 256 visual tokens
 QWEN_SYNTHETIC_GRID = (1, 32, 32)
 
 
 def synthetic_inputs(model, text_tokens: int = 40) -> dict[str, torch.Tensor]:
     """One prompt with one image of a realistic size for a :func:`build_synthetic` model (576 tokens for LLaVA-1.5,
-    a 672x672-class AnyRes image for LLaVA-NeXT, 256 merged tokens for Qwen2-VL)."""
+    a 672x672-class AnyRes image for LLaVA-NeXT, 256 merged tokens for Qwen2-VL, 2x2 tiles + thumbnail for
+    InternVL)."""
     if model.config.model_type == "qwen2_vl":
         return qwen_inputs(model, [1], text_lengths=[text_tokens], grids=(QWEN_SYNTHETIC_GRID,))
+    if model.config.model_type == "internvl":
+        from .internvl import internvl_inputs
+
+        return internvl_inputs(model, [1], text_lengths=[text_tokens], sizes=[INTERNVL_SYNTHETIC_SIZE])
     # seed 3 picks the square image of TINY_NEXT_IMAGE_SIZES: the 672x672 pinpoint, 2x2 crops (2,880 tokens)
     seed = 3 if model.config.model_type == "llava_next" else 0
     return tiny_inputs(model, [1], text_lengths=[text_tokens], seed=seed)
