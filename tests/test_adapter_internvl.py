@@ -167,3 +167,19 @@ def test_a_chat_prompt_from_the_real_processor_goes_through(model):
     with vlmc.compress(model, "mmtok", budget=6, processor=processor) as run:
         model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert run.report.images[0].tokens_after == 6
+
+
+def test_synthetic_internvl3_8b_has_the_real_widths():
+    from vlm_compress.zoo.synthetic import SYNTHETIC, synthetic_inputs
+
+    with torch.device("meta"):
+        model = SYNTHETIC["internvl3-8b"](2, 24)
+    text, vision = model.config.text_config, model.config.vision_config
+    assert (text.hidden_size, text.intermediate_size, text.num_attention_heads, text.num_key_value_heads) == (
+        3584, 18944, 28, 4
+    )
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.image_size) == (1024, 24, (448, 448))
+    inputs = synthetic_inputs(model)
+    # 896x896 px: 2x2 crops of 448 px + the thumbnail, 256 tokens each after the pixel shuffle
+    assert inputs["pixel_values"].shape == (5, 3, 448, 448)
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 1280

@@ -115,17 +115,17 @@ def internvl_inputs(
     generator = torch.Generator().manual_seed(seed)
     processor = tiny_internvl_processor(model, padding_side=padding_side)
     text_lengths = text_lengths or [3 + 2 * i for i in range(len(images_per_row))]
-    texts, images, sizes = [], [], []
+    cycle = sizes or TINY_INTERNVL_IMAGE_SIZES
+    texts, images, used = [], [], []
     for count, text_length in zip(images_per_row, text_lengths):
         words = [f"w{int(i)}" for i in torch.randint(0, 200, (text_length + 2 * count,), generator=generator)]
         parts = ["<s>", *words[:text_length]]
         for i in range(count):
             parts += ["<IMG_CONTEXT>", *words[text_length + 2 * i : text_length + 2 * i + 2]]
-            cycle = sizes or TINY_INTERNVL_IMAGE_SIZES
             height, width = cycle[(len(images) + seed) % len(cycle)]
             pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
             images.append(Image.fromarray(np.asarray(pixels.numpy())))
-            sizes.append((height, width))
+            used.append((height, width))
         texts.append(" ".join(parts))
     if not images:
         rows = [processor.tokenizer(text)["input_ids"] for text in texts]
@@ -136,7 +136,7 @@ def internvl_inputs(
         "input_ids": out["input_ids"],
         "attention_mask": out["attention_mask"],
         "pixel_values": out["pixel_values"],
-        "image_sizes": torch.tensor(sizes),
+        "image_sizes": torch.tensor(used),
     }
 
 
