@@ -468,7 +468,7 @@ def test_a_question_holding_an_image_placeholder():
 
 @pytest.fixture(
     scope="module",
-    params=[(t, d) for t in ("llava", "llava_next", "qwen2_vl") for d in ("bf16", "fp16")],
+    params=[(t, d) for t in ("llava", "llava_next", "qwen2_vl", "internvl") for d in ("bf16", "fp16")],
     ids="-".join,
 )
 def half_model(request):

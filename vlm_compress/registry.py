@@ -38,6 +38,7 @@ _ADAPTERS: dict[str, str] = {
     "qwen3_vl_moe": "vlm_compress.adapters.qwen3_vl:Qwen3VLAdapter",
     "llava_onevision": "vlm_compress.adapters.llava_onevision:LlavaOnevisionAdapter",
     "gemma3": "vlm_compress.adapters.gemma3:Gemma3Adapter",
+    "internvl": "vlm_compress.adapters.internvl:InternVLAdapter",
 }
 
 

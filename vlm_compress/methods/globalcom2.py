@@ -94,7 +94,9 @@ class GlobalCom2(Method):
 
     def select(self, ctx: VisualContext) -> Selection:
         if not ctx.crops or ctx.thumbnail is None:
-            return self._thumbnail_rule(ctx)
+            return self._thumbnail_rule(ctx, "no crops")
+        if any(c.position is None for c in ctx.crops):
+            return self._thumbnail_rule(ctx, "crop layout unknown (InternVL: pass image_sizes)")
         thumbnail, crops = ctx.thumbnail, ctx.crops
         thumbnail_scores = thumbnail.cls_attention_logits.float()
         h, w = thumbnail.grid
@@ -120,7 +122,9 @@ class GlobalCom2(Method):
             kept.append(
                 thumbnail.indices.to(device)[topk_indices(thumbnail_scores, thumbnail_keep).to(device)]
             )
-        valid = torch.stack([c.valid for c in crops]).view(*layout, *crops[0].valid.shape)
+        # a crop without a validity mask is valid everywhere (no padding: InternVL's tiles)
+        masks = [c.valid if c.valid is not None else torch.ones(c.grid, dtype=torch.bool) for c in crops]
+        valid = torch.stack(masks).view(*layout, *masks[0].shape)
         priors = thumbnail_prior_per_crop(thumbnail_scores.view(h, w), valid)
         for crop, prior, keep in zip(crops, priors, crop_keeps):
             if crop.indices.numel() == 0:
@@ -133,12 +137,12 @@ class GlobalCom2(Method):
                 kept.append(indices[topk_indices(crop_scores, keep).to(device)])
         return Selection(kept_indices=torch.cat(kept), scores=scores, info=info)
 
-    def _thumbnail_rule(self, ctx: VisualContext) -> Selection:
+    def _thumbnail_rule(self, ctx: VisualContext, reason: str) -> Selection:
         signal = "cls_attention_logits" if ctx.has("cls_attention_logits") else "cls_attention"
         scores = ctx.signals.get(signal).float()
         kept = topk_indices(scores, self.num_to_keep(ctx))
         return Selection(
             kept_indices=kept,
             scores=scores,
-            info={"fallback": f"no crops: thumbnail rule (top tokens by {signal}) on all tokens"},
+            info={"fallback": f"{reason}: thumbnail rule (top tokens by {signal}) on all tokens"},
         )

@@ -159,7 +159,15 @@ BUILDERS: dict[str, Any] = {
     "qwen3_vl_moe": lambda attn, **kw: _family("qwen3_vl").build_qwen3_vl("qwen3_vl_moe", attn, **kw),
     "llava_onevision": lambda attn, **kw: _family("llava_onevision").build_tiny_onevision(attn, **kw),
     "gemma3": lambda attn, **kw: _family("gemma3").build_tiny_gemma3(attn, **kw),
+    "internvl": lambda attn, **kw: _family("internvl").build_internvl(attn, **kw),
 }
+
+
+def _family(module: str, name: str):
+    """A builder of a family kept in its own module (imported when first used: it imports this one)."""
+    import importlib
+
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 def build_tiny(
@@ -307,6 +315,7 @@ INPUTS: dict[str, Any] = {
         model, rows, **kw
     ),
     "gemma3": lambda model, rows, **kw: _family("gemma3").tiny_gemma3_inputs(model, rows, **kw),
+    "internvl": lambda model, rows, **kw: _family("internvl").internvl_inputs(model, rows, **kw),
 }
 
 

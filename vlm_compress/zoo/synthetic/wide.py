@@ -163,7 +163,10 @@ SYNTHETIC = {
     "qwen3-vl-8b": _qwen3_vl_8b,
     "llava-onevision-7b": lambda *sizes: _family("llava_onevision").llava_onevision_7b(*sizes),
     "gemma-3-4b": lambda *sizes: _family("gemma3").gemma3_4b(*sizes),
+    "internvl3-8b": lambda *sizes: _family("internvl").internvl3_8b(*sizes),
 }
+#: the synthetic InternVL image: 896x896 px -> 2x2 crops of 448 px + the thumbnail -> 5 x 256 = 1,280 tokens
+INTERNVL_SYNTHETIC_SIZE = (896, 896)
 #: patch grid of the synthetic Qwen images: 32x32 patches -> 256 visual tokens (448x448 px for Qwen2-VL's 14-px
 #: patches, 512x512 px for Qwen3-VL's 16-px ones)
 QWEN_SYNTHETIC_GRID = (1, 32, 32)
@@ -171,7 +174,8 @@ QWEN_SYNTHETIC_GRID = (1, 32, 32)
 
 def synthetic_inputs(model, text_tokens: int = 40) -> dict[str, torch.Tensor]:
     """One prompt with one image of a realistic size for a :func:`build_synthetic` model (576 tokens for LLaVA-1.5,
-    a 672x672-class AnyRes image for LLaVA-NeXT, 256 merged tokens for Qwen2-VL and Qwen3-VL)."""
+    a 672x672-class AnyRes image for LLaVA-NeXT, 256 merged tokens for Qwen2-VL and Qwen3-VL, 2x2 tiles +
+    thumbnail for InternVL)."""
     if model.config.model_type in ("qwen2_vl", "qwen3_vl"):
         return qwen_inputs(model, [1], text_lengths=[text_tokens], grids=(QWEN_SYNTHETIC_GRID,))
     if model.config.model_type == "gemma3":
@@ -180,6 +184,10 @@ def synthetic_inputs(model, text_tokens: int = 40) -> dict[str, torch.Tensor]:
         family = _family("llava_onevision")
         return family.tiny_onevision_inputs(
             model, [1], text_lengths=[text_tokens], image_sizes=[family.SYNTHETIC_ONEVISION_IMAGE]
+        )
+    if model.config.model_type == "internvl":
+        return _family("internvl").internvl_inputs(
+            model, [1], text_lengths=[text_tokens], sizes=[INTERNVL_SYNTHETIC_SIZE]
         )
     # seed 3 picks the square image of TINY_NEXT_IMAGE_SIZES: the 672x672 pinpoint, 2x2 crops (2,880 tokens)
     seed = 3 if model.config.model_type == "llava_next" else 0
