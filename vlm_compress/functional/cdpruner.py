@@ -69,13 +69,23 @@ def instruction_relevance(image: torch.Tensor, text: torch.Tensor, *, negate: bo
 def conditional_kernel(
     features: torch.Tensor, relevance: torch.Tensor, *, theta: float | None = None
 ) -> torch.Tensor:
-    """``[N, N]`` fp32 kernel ``L_ij = r_i · cos(x_i, x_j) · r_j``.
+    """``[N, N]`` fp64 kernel ``L_ij = r_i · cos(x_i, x_j) · r_j``.
 
     ``features: [N, D]``, ``relevance: [N]``. ``theta`` in ``[0, 1)``: the paper's reweighting
     ``r -> exp(alpha r)``, ``alpha = theta / (2 (1 - theta))``; ``None`` uses ``r`` as it is (the official code).
+
+    Built in fp64 (the official code: fp32): with more tokens than dimensions the kernel's rank is below
+    ``N``, and fp32 rounding (~1e-7) turns the gains of the tokens beyond that rank into noise that two
+    correct implementations rank differently; in fp64 they stay below :data:`GAIN_TOLERANCE`. Exact copies of
+    a token get their first copy's rows and columns, so they tie exactly.
     """
-    similarity = cosine_similarity(features)
-    weight = relevance.float()
+    x = features.detach().double()
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    similarity = x @ x.T
+    copies = first_copies(x)
+    if copies is not None:
+        similarity = similarity[copies][:, copies]
+    weight = relevance.detach().double()
     if theta is not None:
         weight = torch.exp(theta / (2 * (1 - theta)) * weight)
     return weight[:, None] * similarity * weight[None, :]
