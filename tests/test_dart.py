@@ -10,7 +10,7 @@ from vlm_compress.functional import dart_select
 from vlm_compress.functional.dart import split_evenly
 from vlm_compress.methods.base import resolve_budget
 from vlm_compress.methods.dart import DART
-from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
+from vlm_compress.zoo.synthetic import TINY_IMAGE_TOKEN_ID, build_tiny, tiny_inputs
 
 from .helpers import LayerLengths, duplicate_rows
 
@@ -168,3 +168,30 @@ def test_dart_on_a_tiny_model_prunes_at_layer_k_with_the_functional_selection():
         int(n) - (144 - keep_count) for n in inputs["attention_mask"].sum(dim=1)
     ]
     assert [record.info["llm_kept"][layer] for record in run.report.images] == [keep_count, keep_count]
+
+
+def test_dart_with_the_question_before_the_image_uses_the_prompt_text_as_pivots():
+    model = build_tiny("llava", seed=5, num_hidden_layers=4)
+    inputs = tiny_inputs(model, [1], seed=5)
+    ids = inputs["input_ids"][0]
+    image = ids == TINY_IMAGE_TOKEN_ID
+    inputs["input_ids"] = torch.cat([ids[~image], ids[image]])[None]  # "USER: question <image>"
+    seen = []
+
+    class Spy(DART):
+        def prune_visual(self, ctx):
+            keep = super().prune_visual(ctx)
+            seen.append((ctx, keep))
+            return keep
+
+    with vlmc.compress(model, Spy(budget=20)) as run:
+        model(**inputs)
+    ((ctx, keep),) = seen
+    columns = ctx.image_columns(0, 0)
+    text = torch.nonzero(~ctx.visual[0]).flatten()
+    assert bool((text < columns[0]).all())  # nothing follows the image: every prompt token may be a pivot
+    scores = ctx.hidden_states.float().abs().sum(dim=-1)[0]
+    states = ctx.hidden_states[0]
+    expected = dart_select(states[columns], scores[columns], states[text], scores[text], 20)
+    assert torch.nonzero(keep[0, columns]).flatten().tolist() == expected.tolist()
+    assert run.report.images[0].info["llm_kept"][2] == 20
