@@ -10,15 +10,17 @@ For each size (and budget ``k``) it times, in one run on the same inputs (fp32, 
   step recomputes the distance of every token to every selected centre from the features and takes the
   minimum. MMTok: every step evaluates the objective ``f(S ∪ {j}) = Σ_r max_{i ∈ S ∪ {j}} C[r, i]`` for all
   candidates from ``C`` and the picks so far. coverage gain: ``Σ_r max(0, C[r, j] - c_r)`` one candidate
-  ``j`` at a time.
+  ``j`` at a time. CDPruner: every step solves ``d_j² = L_jj - L_jY L_YY⁻¹ L_Yj`` for all candidates from
+  the kernel ``L`` and the picks so far (``functional.dpp_map_reference``).
 - ``vectorised``: a vectorised version without the library's shortcuts. similarity: normalise, one matrix
   product (no exact-copy pass). k-center: the ``N x N`` similarity matrix built once and one row of it read
   per step. MMTok: every gain recomputed each step (the readable reference in
   ``kernels/coverage_gain/reference.py``).
 - ``torch path``: what ``vlm_compress.functional`` / ``vlm_compress.kernels`` run (``VLMC_BACKEND``
-  decides; torch on a CPU).
+  decides; torch on a CPU). CDPruner: the incremental Cholesky update (``functional.dpp_map``).
 
-Features are clustered random vectors (see :func:`clustered`); MMTok's rows are timed on a prebuilt ``C``.
+Features are clustered random vectors (see :func:`clustered`); MMTok's rows are timed on a prebuilt ``C``,
+CDPruner's on a prebuilt kernel ``L`` (no vectorised column: its loop is already one solve per step).
 
 It prints median milliseconds, the speedup of the torch path over the paper's loop, and whether the torch
 path's indices are identical to the paper's loop's / the vectorised version's ("yes/yes"); for similarities
@@ -222,6 +224,15 @@ def bench_coverage_gain(matrix: torch.Tensor, size: str, repeats: int) -> Row:
     return Row("gain", size, None, *compare(runs, repeats, matrix.device.type, indices=False))
 
 
+def bench_dpp(kernel: torch.Tensor, size: str, k: int, repeats: int) -> Row:
+    """CDPruner's greedy DPP MAP on a given kernel ``L`` (building it costs both the same; timed separately)."""
+    runs = {
+        "loop": lambda: functional.dpp_map_reference(kernel, k),
+        "torch": lambda: functional.dpp_map(kernel, k),
+    }
+    return Row("cdpruner", size, k, *compare(runs, repeats, kernel.device.type, indices=True))
+
+
 def clustered(tokens: int, dim: int, generator: torch.Generator, clusters: int = 48) -> torch.Tensor:
     """Tokens around a few dozen directions: image patches are correlated, i.i.d. noise is not (its
     similarities are all ~0, which makes every greedy gain a near-tie)."""
@@ -255,6 +266,16 @@ def bench_size(size: str, args: argparse.Namespace) -> list[Row]:
         if k <= n:
             emit(bench_coverage(matrix, size, k, args.repeats))
     built = f"building C = [P; alpha Q] ({TEXT_TOKENS} text tokens): {build_ms:.1f}ms for every version"
+    print(f"{'':11} {size:>10} {built}", flush=True)
+    build_ms, kernel = timed(
+        lambda: functional.conditional_kernel(vision, functional.instruction_relevance(vision, text)),
+        args.repeats,
+        args.device,
+    )
+    for k in args.ks:
+        if k <= n:
+            emit(bench_dpp(kernel, size, k, args.repeats))
+    built = f"building L = diag(r) S diag(r) ({TEXT_TOKENS} text tokens, fp64): {build_ms:.1f}ms for both"
     print(f"{'':11} {size:>10} {built}", flush=True)
     return rows
 

@@ -168,6 +168,13 @@ OFFICIAL_POSITION_IDS = {
         "qwen2_vl": "original",
         "qwen2_5_vl": "original",
     },
+    "cdpruner": {
+        "llava": "contiguous",
+        "llava_next": "contiguous",
+        "qwen2_vl": "original",
+        "qwen2_5_vl": "original",
+    },
+    "dart": dict.fromkeys(("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"), "original"),
 }
 
 

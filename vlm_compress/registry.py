@@ -26,6 +26,8 @@ _METHODS: dict[str, str] = {
     "mmtok": "vlm_compress.methods.mmtok:MMTok",
     "globalcom2": "vlm_compress.methods.globalcom2:GlobalCom2",
     "tap": "vlm_compress.methods.tap:TAP",
+    "cdpruner": "vlm_compress.methods.cdpruner:CDPruner",
+    "dart": "vlm_compress.methods.dart:DART",
 }
 
 # model_type -> "module:Class"

@@ -1,6 +1,8 @@
 """Pure tensor math behind the methods: no models, no hooks. Read these next to the papers."""
 
+from .cdpruner import conditional_kernel, dpp_map, dpp_map_reference, instruction_relevance
 from .coverage import coverage_matrix, greedy_coverage, mmtok_coverage
+from .dart import dart_select
 from .globalcom2 import (
     combined_crop_scores,
     crop_attention_sums,
@@ -40,4 +42,9 @@ __all__ = [
     "thumbnail_prior_per_crop",
     "topk_indices",
     "uniform_grid_indices",
+    "conditional_kernel",
+    "dpp_map",
+    "dpp_map_reference",
+    "instruction_relevance",
+    "dart_select",
 ]
