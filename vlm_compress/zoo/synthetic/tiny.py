@@ -163,13 +163,6 @@ BUILDERS: dict[str, Any] = {
 }
 
 
-def _family(module: str, name: str):
-    """A builder of a family kept in its own module (imported when first used: it imports this one)."""
-    import importlib
-
-    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
-
-
 def build_tiny(
     model_type: str = "llava", *, seed: int = 0, attn_implementation: str = "sdpa", **overrides: Any
 ):
