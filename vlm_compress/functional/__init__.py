@@ -13,6 +13,7 @@ from .in_llm import keep_top_attended
 from .k_center import k_center
 from .max_sum import max_sum_diversification
 from .merging import bipartite_soft_matching, merge_by_groups
+from .pdrop import pyramid_keep_count, pyramid_layers
 from .pooling import cell_average_pool, grid_layout, uniform_grid_indices
 from .similarity import cosine_similarity, normalize_rows
 from .tap import dilated_avg_pool
@@ -36,6 +37,8 @@ __all__ = [
     "dilated_avg_pool",
     "grid_layout",
     "normalize_rows",
+    "pyramid_keep_count",
+    "pyramid_layers",
     "solve_retention_ratio",
     "thumbnail_prior_per_crop",
     "topk_indices",
