@@ -26,6 +26,7 @@ _METHODS: dict[str, str] = {
     "mmtok": "vlm_compress.methods.mmtok:MMTok",
     "globalcom2": "vlm_compress.methods.globalcom2:GlobalCom2",
     "tap": "vlm_compress.methods.tap:TAP",
+    "sparsevlm": "vlm_compress.methods.sparsevlm:SparseVLM",
     "pdrop": "vlm_compress.methods.pdrop:PDrop",
 }
 

@@ -171,7 +171,8 @@ class LayerContext:
     Methods that need more than the last token's row ask lazily (the engine supplies the providers):
     :meth:`query_attention` (attention rows of any query columns, at layer ``layer - 1`` or at ``layer`` itself)
     and :attr:`input_embeds` (the language model's input embeddings of the current columns). A method that
-    recycles pruned tokens into merged ones calls :meth:`recycle`.
+    recycles pruned tokens into merged ones calls :meth:`recycle`; what it computes once per prompt and reuses at
+    later pruning layers of the same pass goes into :attr:`scratch`.
     """
 
     layer: int
@@ -187,6 +188,8 @@ class LayerContext:
     attention_provider: Callable[[torch.Tensor, str], torch.Tensor] | None = field(default=None, repr=False)
     embeds_provider: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
     recycled: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    #: one dict per language-model pass, shared by its pruning layers (what a method computes once per prompt)
+    scratch: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def query_attention(self, queries: torch.Tensor, *, at: str = "previous") -> torch.Tensor:
         """``[B, Q, L]`` head-averaged attention of the query columns ``queries`` (``[B, Q]`` long, indices of

@@ -16,10 +16,18 @@ from .merging import bipartite_soft_matching, merge_by_groups
 from .pdrop import pyramid_keep_count, pyramid_layers
 from .pooling import cell_average_pool, grid_layout, uniform_grid_indices
 from .similarity import cosine_similarity, normalize_rows
+from .sparsevlm import (
+    SPARSEVLM_TOKEN_LISTS,
+    density_peak_clusters,
+    rank_keep_count,
+    select_raters,
+    sparsevlm_keep_counts,
+)
 from .tap import dilated_avg_pool
 from .topk import topk_indices
 
 __all__ = [
+    "SPARSEVLM_TOKEN_LISTS",
     "bipartite_soft_matching",
     "cell_average_pool",
     "combined_crop_scores",
@@ -27,6 +35,7 @@ __all__ = [
     "crop_attention_sums",
     "crop_keep_counts",
     "crop_retention_ratios",
+    "density_peak_clusters",
     "greedy_coverage",
     "k_center",
     "keep_top_attended",
@@ -39,7 +48,10 @@ __all__ = [
     "normalize_rows",
     "pyramid_keep_count",
     "pyramid_layers",
+    "rank_keep_count",
+    "select_raters",
     "solve_retention_ratio",
+    "sparsevlm_keep_counts",
     "thumbnail_prior_per_crop",
     "topk_indices",
     "uniform_grid_indices",
