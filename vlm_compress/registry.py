@@ -28,6 +28,7 @@ _METHODS: dict[str, str] = {
     "tap": "vlm_compress.methods.tap:TAP",
     "sparsevlm": "vlm_compress.methods.sparsevlm:SparseVLM",
     "pdrop": "vlm_compress.methods.pdrop:PDrop",
+    "mustdrop": "vlm_compress.methods.mustdrop:MustDrop",
 }
 
 # model_type -> "module:Class"

@@ -188,6 +188,8 @@ class LayerContext:
     attention_provider: Callable[[torch.Tensor, str], torch.Tensor] | None = field(default=None, repr=False)
     embeds_provider: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
     recycled: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    #: image index -> the stage-1 ``Selection`` of that image in this call (its tokens' placement and info)
+    selections: dict[int, Any] = field(default_factory=dict, repr=False)
     #: one dict per language-model pass, shared by its pruning layers (what a method computes once per prompt)
     scratch: dict[str, Any] = field(default_factory=dict, repr=False)
 

@@ -13,6 +13,7 @@ from .in_llm import keep_top_attended
 from .k_center import k_center
 from .max_sum import max_sum_diversification
 from .merging import bipartite_soft_matching, merge_by_groups
+from .mustdrop import dual_attention_keep, key_token_set, spatial_merge_windows, window_similarity
 from .pdrop import pyramid_keep_count, pyramid_layers
 from .pooling import cell_average_pool, grid_layout, uniform_grid_indices
 from .similarity import cosine_similarity, normalize_rows
@@ -36,9 +37,11 @@ __all__ = [
     "crop_keep_counts",
     "crop_retention_ratios",
     "density_peak_clusters",
+    "dual_attention_keep",
     "greedy_coverage",
     "k_center",
     "keep_top_attended",
+    "key_token_set",
     "max_sum_diversification",
     "mmtok_coverage",
     "merge_by_groups",
@@ -52,7 +55,9 @@ __all__ = [
     "select_raters",
     "solve_retention_ratio",
     "sparsevlm_keep_counts",
+    "spatial_merge_windows",
     "thumbnail_prior_per_crop",
     "topk_indices",
     "uniform_grid_indices",
+    "window_similarity",
 ]

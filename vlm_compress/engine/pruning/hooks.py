@@ -43,7 +43,8 @@ class _Pass:
     #: point -> (attention block, its input, cos, sin) at layer ``point - 1``, for multi-query attention
     attention_inputs: dict[int, tuple] = field(default_factory=dict)
     embeds: torch.Tensor | None = None  # [B, L0, D] the language model's input embeddings
-    scratch: dict[str, Any] = field(default_factory=dict)  # the method's, shared by this pass's pruning layers
+    #: the method's, shared by this pass's pruning layers
+    scratch: dict[str, Any] = field(default_factory=dict)
     originals: dict[str, Any] | None = None  # layer kwargs of the unpruned pass
     substitutes: dict[str, Any] | None = None
     layer_positions: dict[int, list[int]] = field(default_factory=dict)
@@ -208,6 +209,7 @@ class LanguageModelPruner:
             attention_provider=self._attention_provider(index, hidden, kwargs, state),
             embeds_provider=None if state.embeds is None else lambda: gather_rows(state.embeds, columns, 0.0),
             scratch=state.scratch,
+            selections={record.image: record.selection for record in state.call.images},
         )
         keep_visual = self.method.prune(context)
         if tuple(keep_visual.shape) != tuple(visual.shape) or keep_visual.dtype != torch.bool:
