@@ -202,3 +202,44 @@ def test_generate_with_cache_equals_without(schedule):
 def test_bad_hyper_parameters_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SparseVLM(**kwargs)
+
+
+class _AttentionSpy(SparseVLM):
+    """SparseVLM that also asks for the attention rows of every text column (padded with -1) at its first layer."""
+
+    seen: dict
+
+    def prune_visual(self, ctx):
+        if not self.seen:
+            text = ctx.valid & ~ctx.visual
+            width = int(text.sum(dim=1).max()) + 1
+            queries = torch.full((text.shape[0], width), -1)
+            for row in range(text.shape[0]):
+                columns = torch.nonzero(text[row]).flatten()
+                queries[row, : columns.numel()] = columns
+            self.seen.update(queries=queries, previous=ctx.query_attention(queries, at="previous"))
+            self.seen["current"] = ctx.query_attention(queries, at="current")
+        return super().prune_visual(ctx)
+
+
+@pytest.mark.parametrize("model_type", ["llava", "qwen2_vl"])
+def test_multi_query_attention_equals_the_eager_attention_rows(model_type):
+    eager = build_tiny(model_type, seed=5, attn_implementation="eager", num_hidden_layers=4)
+    model = build_tiny(model_type, seed=5, num_hidden_layers=4)
+    inputs = tiny_inputs(eager, [2, 1], seed=6)
+    with torch.no_grad():
+        attentions = eager(**inputs, output_attentions=True).attentions
+    spy = _AttentionSpy(budget=0.25, pruning_loc=(1,))
+    spy.seen = {}
+    with torch.no_grad(), vlmc.compress(model, spy):
+        model(**inputs)
+    queries = spy.seen["queries"]
+    for at, layer in (("previous", 1), ("current", 2)):
+        rows = spy.seen[at]
+        for b in range(queries.shape[0]):
+            for q, column in enumerate(queries[b].tolist()):
+                if column < 0:
+                    assert not rows[b, q].any()
+                    continue
+                expected = attentions[layer][b, :, column, :].mean(dim=0)
+                torch.testing.assert_close(rows[b, q], expected, atol=1e-5, rtol=1e-4)

@@ -19,7 +19,7 @@ import torch
 from ..functional import dual_attention_keep, key_token_set, spatial_merge_windows, window_similarity
 from ..selection import Selection
 from ..views import LayerContext, VisualContext
-from .base import Budget, Method
+from .base import CONTIGUOUS_ON_LLAVA, Budget, Method
 from .validate import check_choice, check_int, check_number, is_int
 
 
@@ -57,7 +57,9 @@ class MustDrop(Method):
     * The key set is chosen from the [CLS] attention of the feature layer (layer 23 of LLaVA-1.5's CLIP, the
       official layer) over the unmerged tokens; a merged token is a key token when one of its tokens is.
     * The filter's text rows are the prompt's tokens after the image up to its last token (generated tokens
-      never count); the in-LLM pruner keeps original position ids, as the official code does.
+      never count). Position ids: on LLaVA the sequence the merge shortened is numbered contiguously, as the
+      official code (LLaVA's ``prepare_inputs_labels_for_multimodal``) does; the official filter renumbers again
+      after each drop, while the in-LLM pruner keeps the ids the tokens entered the language model with.
     * **Decoding stage not implemented**: the official code, after the prefill, cuts the caches of layers
       2..14 down to the tokens kept by the last filter; cached generation would then differ from generation
       without a cache, which the library requires to agree. ``decode_stage=True`` raises.
@@ -78,7 +80,9 @@ class MustDrop(Method):
     )
     paper = "https://arxiv.org/abs/2411.10803"
     requires = ("vision_features", "cls_attention")
-    default_position_ids = "original"
+    #: the official code is built on LLaVA's ``prepare_inputs_labels_for_multimodal``: the sequence shortened by
+    #: the merge stage is numbered ``0..L'-1``
+    default_position_ids = CONTIGUOUS_ON_LLAVA
     budget_optional = True
 
     def __post_init__(self) -> None:

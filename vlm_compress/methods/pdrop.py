@@ -1,7 +1,7 @@
 """PyramidDrop: drop visual tokens in stages inside the language model, a pyramid of shrinking sequences.
 
 Xing et al., "PyramidDrop: Accelerating Your Large Vision-Language Models via Pyramid Visual Redundancy
-Reduction", CVPR 2025 (arXiv 2410.17247). Official code: Cooperx521/PyramidDrop,
+Reduction" (arXiv 2410.17247). Official code: Cooperx521/PyramidDrop,
 ``llava/model/modeling_llama_pdrop.py`` (``pdrop_forward``, ``pdrop_rank_drop``); its LLaVA-1.5 scripts use
 ``--layer_list [8,16,24] --image_token_ratio_list [0.5,0.25,0.125]`` (``lambda = 0.5``).
 """
