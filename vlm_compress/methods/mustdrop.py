@@ -178,29 +178,35 @@ class MustDrop(Method):
         return sorted(points)
 
     def prune_visual(self, ctx: LayerContext) -> torch.Tensor:
-        pairs = ctx.images()
         length = ctx.visual.shape[1]
         positions = torch.arange(length, device=ctx.visual.device)
-        text: dict[tuple[int, int], torch.Tensor] = {}
-        for row, image in pairs:
+        # every text token after an image (up to the prompt's last token) is one query slot of its row
+        slots: dict[tuple[int, int], torch.Tensor] = {}
+        per_row: dict[int, list[torch.Tensor]] = {}
+        for row, image in ctx.images():
             last = ctx.image_columns(row, image).max()
-            text[(row, image)] = torch.nonzero(
+            text = torch.nonzero(
                 ctx.valid[row] & ~ctx.visual[row] & (positions > last) & (positions <= ctx.query[row])
             ).flatten()
-        width = max([t.numel() for t in text.values()] + [1])
-        rows = ctx.visual.shape[0]
+            start = sum(t.numel() for t in per_row.get(row, []))
+            per_row.setdefault(row, []).append(text)
+            slots[(row, image)] = torch.arange(start, start + text.numel())
+        width = max([sum(t.numel() for t in parts) for parts in per_row.values()] + [1])
+        queries = torch.full((ctx.visual.shape[0], width), -1, dtype=torch.long, device=ctx.visual.device)
+        for row, parts in per_row.items():
+            joined = torch.cat(parts)
+            queries[row, : joined.numel()] = joined
+        attention = ctx.query_attention(queries, at="previous")  # [B, Q, L]
+
         keep = torch.zeros_like(ctx.visual)
-        # one query per text token of each (row, image); images of a row are scored one after the other
-        for row, image in pairs:
-            queries = torch.full((rows, width), -1, dtype=torch.long, device=ctx.visual.device)
-            rater = text[(row, image)]
+        for (row, image), slot in slots.items():
             columns = ctx.image_columns(row, image)
-            if rater.numel() == 0:
+            if slot.numel() == 0:  # no text after the image: nothing to filter by
                 keep[row, columns] = True
                 continue
-            queries[row, : rater.numel()] = rater
-            attention = ctx.query_attention(queries, at="previous")[row, : rater.numel()][:, columns]
-            kept = dual_attention_keep(attention, self.global_thr, self.individual_thr)
+            kept = dual_attention_keep(
+                attention[row, slot.to(attention.device)][:, columns], self.global_thr, self.individual_thr
+            )
             kept |= self._key_columns(ctx, row, image, columns)
             keep[row, columns[kept]] = True
         return keep
@@ -209,16 +215,13 @@ class MustDrop(Method):
     def _key_columns(ctx: LayerContext, row: int, image: int, columns: torch.Tensor) -> torch.Tensor:
         """``[n]`` bool over the image's current columns: which hold key tokens."""
         selection = ctx.selections.get(image)
-        if selection is None or ctx.columns is None:
+        if selection is None or ctx.columns is None or not selection.info.get("key_set"):
             return torch.zeros(columns.numel(), dtype=torch.bool, device=columns.device)
-        key = set(selection.info.get("key_set", []))
-        placed = selection.kept_indices.tolist()  # token index of the image's i-th visual column at layer 0
-        first = ctx.scratch.setdefault("first_columns", {})
-        if (row, image) not in first:  # the image's layer-0 columns, from the first pruning layer
-            first[(row, image)] = ctx.columns[row, columns].tolist()
-        token_of = dict(zip(first[(row, image)], placed))
-        return torch.tensor(
-            [token_of.get(int(c), -1) in key for c in ctx.columns[row, columns].tolist()],
-            dtype=torch.bool,
-            device=columns.device,
-        )
+        key_columns = ctx.scratch.setdefault("key_columns", {})
+        if (row, image) not in key_columns:  # at the first pruning layer the image still has all its columns
+            placed = selection.kept_indices.to(
+                columns.device
+            )  # token index of the image's i-th visual column
+            key = torch.tensor(selection.info["key_set"], device=columns.device)
+            key_columns[(row, image)] = ctx.columns[row, columns][torch.isin(placed, key)]
+        return torch.isin(ctx.columns[row, columns], key_columns[(row, image)])
