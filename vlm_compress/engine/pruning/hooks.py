@@ -212,6 +212,7 @@ class LanguageModelPruner:
             selections={record.image: record.selection for record in state.call.images},
         )
         keep_visual = self.method.prune(context)
+        state.attention_inputs.pop(index, None)  # the layer input is not needed past its pruning layer
         if tuple(keep_visual.shape) != tuple(visual.shape) or keep_visual.dtype != torch.bool:
             raise ValueError(
                 f"{self.method.name}.prune must return a bool tensor of shape {tuple(visual.shape)}, "
