@@ -479,6 +479,16 @@ def half_model(request):
     return model, inputs, UnpatchedSnapshot(model, inputs, max_new_tokens=2)
 
 
+#: methods whose budget of 4 is not what one step keeps: PyramidDrop keeps it after its first stage, then fewer;
+#: SparseVLM's budget is an average over the layers (its first stage keeps more, merged tokens included);
+#: MustDrop merges whole windows, so its merge stage keeps at least the budget
+BUDGET_NOT_KEPT_IN_ONE_STEP = {
+    "pdrop": lambda record, kept: kept[0] == 4 and kept == sorted(kept, reverse=True),
+    "sparsevlm": lambda record, kept: len(kept) > 1 and all(k < record.tokens_before for k in kept),
+    "mustdrop": lambda record, kept: 4 <= record.tokens_after < record.tokens_before,
+}
+
+
 @pytest.mark.parametrize("method", vlmc.list_methods())
 def test_half_precision_models(half_model, method):
     """Every method on bf16 / fp16 models: the full budget reproduces the unpatched logits exactly in that dtype,
@@ -490,8 +500,11 @@ def test_half_precision_models(half_model, method):
     with vlmc.compress(model, method, budget=4) as run:
         out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
     for record in run.report.images:
-        if record.tokens_after == record.tokens_before:  # an in-LLM method: it prunes at its layer
-            assert list(record.info["llm_kept"].values()) == [4]
+        kept = list(record.info.get("llm_kept", {}).values())
+        if method in BUDGET_NOT_KEPT_IN_ONE_STEP:
+            assert BUDGET_NOT_KEPT_IN_ONE_STEP[method](record, kept)
+        elif record.tokens_after == record.tokens_before:  # an in-LLM method: it prunes at its layer
+            assert kept == [4]
         else:
             assert record.tokens_after == 4
         features = record.selection.features

@@ -150,6 +150,14 @@ OFFICIAL_POSITION_IDS = {
     "todre": dict.fromkeys(("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"), "original"),
     "tap": dict.fromkeys(("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"), "original"),
     "fastv": dict.fromkeys(("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"), "original"),
+    "sparsevlm": dict.fromkeys(("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"), "original"),
+    "pdrop": dict.fromkeys(("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"), "original"),
+    "mustdrop": {
+        "llava": "contiguous",
+        "llava_next": "contiguous",
+        "qwen2_vl": "original",
+        "qwen2_5_vl": "original",
+    },
     "cls_attention": {
         "llava": "contiguous",
         "llava_next": "contiguous",

@@ -28,6 +28,9 @@ _METHODS: dict[str, str] = {
     "tap": "vlm_compress.methods.tap:TAP",
     "cdpruner": "vlm_compress.methods.cdpruner:CDPruner",
     "dart": "vlm_compress.methods.dart:DART",
+    "sparsevlm": "vlm_compress.methods.sparsevlm:SparseVLM",
+    "pdrop": "vlm_compress.methods.pdrop:PDrop",
+    "mustdrop": "vlm_compress.methods.mustdrop:MustDrop",
 }
 
 # model_type -> "module:Class"

@@ -165,6 +165,16 @@ class LayerContext:
         image_of: ``[B, L]`` long, image index of each visual column (``-1`` elsewhere).
         valid: ``[B, L]`` bool, real (non-padding) columns.
         tokens_before: per image, its visual tokens before any compression (``N``).
+        columns: ``[B, L]`` long, the layer-0 column (position in the unpruned sequence) of every column, ``-1``
+            for a padding slot added by an earlier prune; ``None`` where the engine does not give it.
+        query: ``[B]`` long, index (in this context's columns) of the query token, the prompt's last token;
+            ``None`` where the engine does not give it.
+
+    Methods that need more than the last token's row ask lazily (the engine supplies the providers):
+    :meth:`query_attention` (attention rows of any query columns, at layer ``layer - 1`` or at ``layer`` itself)
+    and :attr:`input_embeds` (the language model's input embeddings of the current columns). A method that
+    recycles pruned tokens into merged ones calls :meth:`recycle`; what it computes once per prompt and reuses at
+    later pruning layers of the same pass goes into :attr:`scratch`.
     """
 
     layer: int
@@ -175,6 +185,44 @@ class LayerContext:
     image_of: torch.Tensor
     valid: torch.Tensor
     tokens_before: list[int]
+    columns: torch.Tensor | None = None
+    query: torch.Tensor | None = None
+    attention_provider: Callable[[torch.Tensor, str], torch.Tensor] | None = field(default=None, repr=False)
+    embeds_provider: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+    recycled: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    #: image index -> the stage-1 ``Selection`` of that image in this call (its tokens' placement and info)
+    selections: dict[int, Any] = field(default_factory=dict, repr=False)
+    #: one dict per language-model pass, shared by its pruning layers (what a method computes once per prompt)
+    scratch: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def query_attention(self, queries: torch.Tensor, *, at: str = "previous") -> torch.Tensor:
+        """``[B, Q, L]`` head-averaged attention of the query columns ``queries`` (``[B, Q]`` long, indices of
+        this context's columns; ``-1``: no query, a zero row) over every column, each query seeing the valid
+        columns up to itself.
+
+        ``at="previous"``: from layer ``layer - 1``'s queries and keys (the layer :attr:`attention` comes from);
+        ``at="current"``: from layer ``layer``'s own input norm, queries and keys on :attr:`hidden_states`, the
+        attention that layer would compute before any token is dropped (PyramidDrop's ranking).
+        """
+        if at not in ("previous", "current"):
+            raise ValueError(f"query_attention: at must be 'previous' or 'current', got {at!r}")
+        if self.attention_provider is None:
+            raise MissingSignalError("this layer context carries no multi-query attention")
+        return self.attention_provider(queries, at)
+
+    @property
+    def input_embeds(self) -> torch.Tensor:
+        """``[B, L, D]`` the language model's input embeddings (layer-0 hidden states) of the current columns."""
+        if self.embeds_provider is None:
+            raise MissingSignalError("this layer context carries no input embeddings")
+        return self.embeds_provider()
+
+    def recycle(self, row: int, column: int, vector: torch.Tensor) -> None:
+        """Keep the visual column ``column`` of ``row`` (one the method drops) with ``vector`` ``[D]`` as its
+        hidden state: a merged token that takes the dropped token's slot (its position id and causal order)."""
+        if not bool(self.visual[row, column]):
+            raise ValueError(f"recycle: column {column} of row {row} is not a visual column")
+        self.recycled[(row, column)] = vector
 
     def image_columns(self, row: int, image: int) -> torch.Tensor:
         """Columns of ``row`` that hold tokens of ``image`` (ascending)."""

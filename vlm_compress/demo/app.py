@@ -103,6 +103,18 @@ def load_image(value: Any, *, max_side: int = 1024) -> tuple[Image.Image, list[s
     return image.convert("RGB"), notes
 
 
+def _split_params(text: str) -> list[str]:
+    """``key=value`` chunks separated by commas outside brackets (a value may be a list: ``layers=(2, 6)``)."""
+    chunks, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char in "([{") - (char in ")]}")
+        if char == "," and depth == 0:
+            chunks.append(text[start:i])
+            start = i + 1
+    chunks.append(text[start:])
+    return chunks
+
+
 def _parse_value(text: str) -> Any:
     try:
         return ast.literal_eval(text)
@@ -149,7 +161,7 @@ class Demo:
     @staticmethod
     def parse_params(method: str, text: str | None) -> dict[str, Any]:
         params: dict[str, Any] = {}
-        for chunk in (text or "").split(","):
+        for chunk in _split_params(text or ""):
             if not chunk.strip():
                 continue
             key, sep, value = chunk.partition("=")

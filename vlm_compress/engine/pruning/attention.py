@@ -68,3 +68,40 @@ def query_attention(
         allowed &= columns > (query_columns[:, None] - window)
     logits = logits.masked_fill(~allowed[:, None, :], float("-inf"))
     return logits.softmax(dim=-1).mean(dim=1)
+
+
+@torch.no_grad()
+def queries_attention(
+    attn: nn.Module,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    columns: torch.Tensor,
+    queries: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """``[B, Q, Lc]`` head-averaged softmax attention of several query slots over the current columns.
+
+    As :func:`query_attention`, but ``queries: [B, Q]`` are indices into the current columns (``-1``: no query,
+    its row of the result is all zeros); each query sees the valid columns up to its own slot (causal).
+    """
+    batch, length, _ = hidden.shape
+    head_dim = attn.head_dim
+    rows = torch.arange(batch, device=hidden.device)[:, None]
+    slots = queries.clamp(min=0)
+    cos = cos.expand(batch, *cos.shape[1:])
+    sin = sin.expand(batch, *sin.shape[1:])
+    query = attn.q_proj(hidden[rows, slots])
+    query = query.view(batch, slots.shape[1], -1, head_dim)  # [B, Q, H, hd]
+    keys = attn.k_proj(hidden).view(batch, length, -1, head_dim)  # [B, L, Hkv, hd]
+    query_cos, query_sin = cos[rows, slots][:, :, None], sin[rows, slots][:, :, None]
+    query = query * query_cos + rotate_half(query) * query_sin
+    keys = keys * cos[:, :, None] + rotate_half(keys) * sin[:, :, None]
+    keys = keys.repeat_interleave(query.shape[2] // keys.shape[2], dim=2)
+    logits = torch.einsum("bqhd,blhd->bhql", query.float(), keys.float()) * attn.scaling
+    positions = torch.arange(length, device=hidden.device)
+    real = (columns >= 0) & gather_rows(valid, columns, 0).bool()  # [B, L]
+    allowed = real[:, None, :] & (positions[None, None, :] <= slots[:, :, None])  # [B, Q, L]
+    logits = logits.masked_fill(~allowed[:, None], float("-inf"))
+    weights = logits.softmax(dim=-1).mean(dim=1)
+    return torch.where((queries >= 0)[:, :, None], weights, torch.zeros_like(weights))

@@ -22,7 +22,7 @@ from ...views import LayerContext
 from ..cache_compat import call_cache
 from ..state import CallState, CallStates, PrunedCache, PrunedPass, Segment
 from ..undo import UndoRecorder
-from .attention import query_attention
+from .attention import queries_attention, query_attention
 from .masks import causal_decode_mask, decode_mask, gather_rows, keep_to_columns, layer_inputs
 
 PRUNING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
@@ -44,6 +44,11 @@ class _Pass:
     # a later layer's inputs gathered onto the current columns, per identity of the layer's own mask and rotary
     # embeddings (models with several layer types, e.g. sliding and global, pass each type its own)
     substitutes: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    #: point -> (attention block, its input, cos, sin) at layer ``point - 1``, for multi-query attention
+    attention_inputs: dict[int, tuple] = field(default_factory=dict)
+    embeds: torch.Tensor | None = None  # [B, L0, D] the language model's input embeddings
+    #: the method's, shared by this pass's pruning layers
+    scratch: dict[str, Any] = field(default_factory=dict)
     layer_positions: dict[int, list[int]] = field(default_factory=dict)
     total_keys: int = 0  # decode: layer-0 keys after this step
     kept_per_image: dict[int, dict[int, int]] = field(default_factory=dict)
@@ -136,6 +141,8 @@ class LanguageModelPruner:
         self._pass = _Pass(decode=False, call=call, valid=valid, image_of=image_of, columns=columns)
         call.layer_columns = None
         self._pass.query_column = query_column
+        if isinstance(embeds, torch.Tensor) and embeds.is_floating_point():
+            self._pass.embeds = embeds
         counts = valid.sum(dim=1).tolist()
         self._pass.layer_positions = {layer: counts for layer in range(self.points[0])}
         if cache is not None:
@@ -181,6 +188,7 @@ class LanguageModelPruner:
             state.attention[point] = query_attention(
                 module, hidden, cos, sin, state.columns, state.query_column, state.valid
             )
+            state.attention_inputs[point] = (module, hidden, cos, sin)
 
         return hook
 
@@ -224,13 +232,28 @@ class LanguageModelPruner:
             image_of=torch.where(visual, image_of, torch.full_like(image_of, -1)),
             valid=valid,
             tokens_before=plan.tokens_before,
+            columns=columns,
+            query=(columns == state.query_column.to(columns.device)[:, None]).long().argmax(dim=1),
+            attention_provider=self._attention_provider(index, hidden, kwargs, state),
+            embeds_provider=None if state.embeds is None else lambda: gather_rows(state.embeds, columns, 0.0),
+            scratch=state.scratch,
+            selections={record.image: record.selection for record in state.call.images},
         )
         keep_visual = self.method.prune(context)
+        state.attention_inputs.pop(index, None)  # the layer input is not needed past its pruning layer
         if tuple(keep_visual.shape) != tuple(visual.shape) or keep_visual.dtype != torch.bool:
             raise ValueError(
                 f"{self.method.name}.prune must return a bool tensor of shape {tuple(visual.shape)}, "
                 f"got {keep_visual.dtype} {tuple(keep_visual.shape)}"
             )
+        if context.recycled:  # merged tokens take the slots of dropped ones
+            keep_visual, hidden = keep_visual.clone(), hidden.clone()
+            for (row, column), vector in context.recycled.items():
+                keep_visual[row, column] = True
+                hidden[row, column] = vector.to(hidden.dtype)
+            args = (hidden, *args[1:]) if args else args
+            if not args:
+                kwargs = {**kwargs, "hidden_states": hidden}
         self._record_kept(state, index, context.image_of, keep_visual & visual)
         if bool((keep_visual | ~visual).all()):  # nothing to drop here: leave the pass untouched
             return args, (
@@ -259,6 +282,25 @@ class LanguageModelPruner:
             originals = {k: kwargs.get(k) for k in ("position_embeddings", "position_ids", "attention_mask")}
             state.substitutes[key] = layer_inputs(originals, state.columns)
         return state.substitutes[key]
+
+    def _attention_provider(self, index: int, hidden: torch.Tensor, kwargs: dict[str, Any], state: _Pass):
+        """``(queries [B, Q], at) -> [B, Q, L]``: attention rows of layer ``index - 1`` or ``index``, on demand."""
+        columns, valid = state.columns, state.valid
+
+        def provide(queries: torch.Tensor, at: str) -> torch.Tensor:
+            if at == "previous":
+                if index not in state.attention_inputs:
+                    raise RuntimeError(f"no attention input was captured before layer {index}")
+                module, layer_input, cos, sin = state.attention_inputs[index]
+            else:
+                layer = self.layers[index]
+                current = self._layer_inputs(state, kwargs) if state.pruned_before else kwargs
+                cos, sin = current["position_embeddings"]
+                with torch.no_grad():
+                    module, layer_input = layer.self_attn, layer.input_layernorm(hidden)
+            return queries_attention(module, layer_input, cos, sin, columns, queries, valid)
+
+        return provide
 
     @staticmethod
     def _record_kept(state: _Pass, layer: int, image_of: torch.Tensor, kept: torch.Tensor) -> None:
