@@ -26,6 +26,9 @@ _METHODS: dict[str, str] = {
     "mmtok": "vlm_compress.methods.mmtok:MMTok",
     "globalcom2": "vlm_compress.methods.globalcom2:GlobalCom2",
     "tap": "vlm_compress.methods.tap:TAP",
+    "visionzip": "vlm_compress.methods.visionzip:VisionZip",
+    "divprune": "vlm_compress.methods.divprune:DivPrune",
+    "vispruner": "vlm_compress.methods.vispruner:VisPruner",
 }
 
 # model_type -> "module:Class"

@@ -1,6 +1,7 @@
 """Pure tensor math behind the methods: no models, no hooks. Read these next to the papers."""
 
 from .coverage import coverage_matrix, greedy_coverage, mmtok_coverage
+from .divprune import divprune, divprune_distances, divprune_reference
 from .globalcom2 import (
     combined_crop_scores,
     crop_attention_sums,
@@ -17,6 +18,8 @@ from .pooling import cell_average_pool, grid_layout, uniform_grid_indices
 from .similarity import cosine_similarity, normalize_rows
 from .tap import dilated_avg_pool
 from .topk import topk_indices
+from .visionzip import contextual_targets, contextual_tokens, visionzip
+from .vispruner import remove_duplicates, vispruner
 
 __all__ = [
     "bipartite_soft_matching",
@@ -40,4 +43,12 @@ __all__ = [
     "thumbnail_prior_per_crop",
     "topk_indices",
     "uniform_grid_indices",
+    "contextual_targets",
+    "contextual_tokens",
+    "divprune",
+    "divprune_distances",
+    "divprune_reference",
+    "remove_duplicates",
+    "vispruner",
+    "visionzip",
 ]
