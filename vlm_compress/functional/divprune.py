@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels
 from ..kernels.pairwise_similarity.reference import first_copies
 from .similarity import normalize_rows
 
@@ -53,11 +52,16 @@ def divprune_distances(features: torch.Tensor) -> torch.Tensor:
     """``[N, D]`` -> ``[N, N]`` symmetric fp32 cosine distances ``1 - cos(x_i, x_j)``, clamped at 0.
 
     Exactly 0 between a row and its exact copies (the diagonal included; zero rows are copies of each other);
-    a zero row is at 1 from every other row.
+    a zero row is at 1 from every other row. Every copy reads its first copy's similarities, as
+    :func:`~vlm_compress.kernels.pairwise_similarity` does (its reference; here the copies found once serve
+    both the gather and the zeros).
     """
-    similarity = kernels.pairwise_similarity(features)
+    unit = normalize_rows(features.detach())  # a selection: no gradient flows through indices
+    similarity = unit @ unit.T
+    copies = first_copies(unit)
+    if copies is not None:
+        similarity = similarity[copies][:, copies]
     distance = (1.0 - torch.maximum(similarity, similarity.T)).clamp_min_(0.0)
-    copies = first_copies(normalize_rows(features))
     if copies is None:
         return distance.fill_diagonal_(0.0)
     return distance.masked_fill_(copies[:, None] == copies[None, :], 0.0)
@@ -100,17 +104,18 @@ def divprune(features: torch.Tensor, k: int) -> torch.Tensor:
     distance = divprune_distances(features)
     n = distance.shape[0]
     device = distance.device
-    diagonal = torch.eye(n, dtype=torch.bool, device=device)
-    # every entry is >= 0 and the diagonal is 0, so this is the second-smallest entry of each column
-    nearest_other = distance.masked_fill(diagonal, float("inf")).amin(dim=0)
+    # D is symmetric with a zero diagonal and no negative entry: with the diagonal at +inf, each row's minimum
+    # is the second-smallest entry of that column
+    nearest_other = distance.fill_diagonal_(float("inf")).amin(dim=1)
+    distance.fill_diagonal_(0.0)
     selected = torch.empty(k, dtype=torch.long, device=device)
-    taken = torch.zeros(n, dtype=torch.bool, device=device)
-    min_distance = torch.full((n,), float("inf"), device=device)
     pick = nearest_other.argmax() if n > 1 else torch.zeros((), dtype=torch.long, device=device)
+    # distance to the nearest selected token; a selected token is held at -inf (a minimum never raises it)
+    min_distance = torch.full((n,), float("inf"), device=device)
     for step in range(k):
         selected[step] = pick
-        taken[pick] = True
-        min_distance = torch.minimum(min_distance, distance[pick])
+        torch.minimum(min_distance, distance[pick], out=min_distance)
+        min_distance[pick] = float("-inf")
         if step + 1 < k:
-            pick = min_distance.masked_fill(taken, float("-inf")).argmax()
+            pick = min_distance.argmax()
     return selected
