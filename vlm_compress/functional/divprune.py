@@ -61,7 +61,7 @@ def divprune_distances(features: torch.Tensor) -> torch.Tensor:
     copies = first_copies(unit)
     if copies is not None:
         similarity = similarity[copies][:, copies]
-    distance = (1.0 - torch.maximum(similarity, similarity.T)).clamp_min_(0.0)
+    distance = torch.maximum(similarity, similarity.T).neg_().add_(1.0).clamp_min_(0.0)  # in place: N² is large
     if copies is None:
         return distance.fill_diagonal_(0.0)
     return distance.masked_fill_(copies[:, None] == copies[None, :], 0.0)
