@@ -26,6 +26,7 @@ def exact_copy_similarity(features: torch.Tensor) -> torch.Tensor:
     values (:func:`~vlm_compress.kernels.pairwise_similarity`), values are capped at 1, and zero rows keep
     cosine 0 with every row.
     """
+    features = features.detach()  # a selection: no gradient flows through indices
     similarity = kernels.pairwise_similarity(features).clamp_max_(1.0)
     unit = normalize_rows(features)
     copies = first_copies(unit)

@@ -62,8 +62,9 @@ class VisionZip(Method):
       on the merged tokens. A method sees the projected tokens only and cannot run the projector, so the merge
       is applied to the projected tokens: ``P(h_t) + mean P(h_m)`` instead of ``P(h_t + mean h_m)`` (the
       projector is an MLP, so the two differ).
-    - **Dominant score.** The same block and softmax as the official ``attentions[-2][:, :, 0, 1:]``; the
-      official code sums the heads, we average them (the same ranking). Ties go to the lower index (the official
+    - **Dominant score.** ``cls_attention`` is read at the feature layer, which on LLaVA-1.5 (layer -2) is the
+      block and softmax of the official ``attentions[-2][:, :, 0, 1:]`` (the official code always reads layer
+      -2); the official code sums the heads, we average them (the same ranking). Ties go to the lower index (the official
       ``topk`` leaves them unordered).
     - **LLaVA-NeXT and Qwen2-VL.** The official code selects per encoder pass of LLaVA-NeXT (a fixed count per
       sub-image) and has no Qwen2-VL code. Here one selection covers the image's content tokens, each ranked
