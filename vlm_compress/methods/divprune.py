@@ -35,7 +35,9 @@ class DivPrune(Method):
     Differences from the official code: exact copies tie exactly and a kept token is never picked twice (see
     :mod:`vlm_compress.functional.divprune`). On LLaVA-NeXT the official code selects among the whole image
     sequence, ``image_newline`` tokens included; here the candidates are the content tokens and newlines follow
-    the adapter's policy (docs/llava_next.md). The official code has no Qwen2-VL version.
+    the adapter's policy (docs/llava_next.md). The official code prunes the first image of the batch's first
+    row (its visual tokens located by a fixed 35-token system prompt); here every image is pruned. It has no
+    Qwen2-VL version.
     """
 
     budget: Budget = 0.098
