@@ -11,16 +11,20 @@ For each size (and budget ``k``) it times, in one run on the same inputs (fp32, 
   minimum. MMTok: every step evaluates the objective ``f(S ∪ {j}) = Σ_r max_{i ∈ S ∪ {j}} C[r, i]`` for all
   candidates from ``C`` and the picks so far. coverage gain: ``Σ_r max(0, C[r, j] - c_r)`` one candidate
   ``j`` at a time. CDPruner: every step solves ``d_j² = L_jj - L_jY L_YY⁻¹ L_Yj`` for all candidates from
-  the kernel ``L`` and the picks so far (``functional.dpp_map_reference``).
+  the kernel ``L`` and the picks so far (``functional.dpp_map_reference``). DivPrune: the official code's
+  loop (``1 - cos`` matrix, the column's second-smallest distance first, then every step the minimum over all
+  selected rows).
 - ``vectorised``: a vectorised version without the library's shortcuts. similarity: normalise, one matrix
   product (no exact-copy pass). k-center: the ``N x N`` similarity matrix built once and one row of it read
   per step. MMTok: every gain recomputed each step (the readable reference in
-  ``kernels/coverage_gain/reference.py``).
+  ``kernels/coverage_gain/reference.py``). DivPrune: none (``-``); its fast path is the torch path.
 - ``torch path``: what ``vlm_compress.functional`` / ``vlm_compress.kernels`` run (``VLMC_BACKEND``
   decides; torch on a CPU). CDPruner: the incremental Cholesky update (``functional.dpp_map``).
 
 Features are clustered random vectors (see :func:`clustered`); MMTok's rows are timed on a prebuilt ``C``,
 CDPruner's on a prebuilt kernel ``L`` (no vectorised column: its loop is already one solve per step).
+DivPrune's rows time features to indices; the ``N x N`` distance matrix they both build is timed alone after
+them (the greedy after it is where the loop and the fast path differ).
 
 It prints median milliseconds, the speedup of the torch path over the paper's loop, and whether the torch
 path's indices are identical to the paper's loop's / the vectorised version's ("yes/yes"); for similarities
@@ -88,6 +92,21 @@ def straightforward_coverage(matrix: torch.Tensor, k: int) -> torch.Tensor:
         picks.append(pick)
         taken[pick] = True
     return torch.tensor(picks, device=matrix.device)
+
+
+def straightforward_divprune(features: torch.Tensor, k: int) -> torch.Tensor:
+    """DivPrune's official loop: ``1 - cos`` once, then every step the minimum over all selected rows."""
+    x = features.float()
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    distance = 1.0 - x @ x.T
+    selected: list[int] = []
+    for step in range(k):
+        if step == 0:
+            scores = torch.topk(distance, 2, dim=0, largest=False).values[1]  # nearest other token
+        else:
+            scores = torch.index_select(distance, 0, torch.tensor(selected, device=x.device)).min(dim=0).values
+        selected.append(int(torch.argmax(scores)))
+    return torch.tensor(selected, device=x.device)
 
 
 def loop_coverage_gain(matrix: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
@@ -203,6 +222,15 @@ def bench_k_center(features: torch.Tensor, size: str, k: int, repeats: int) -> R
     return Row("k_center", size, k, *compare(runs, repeats, features.device.type, indices=True))
 
 
+def bench_divprune(features: torch.Tensor, size: str, k: int, repeats: int) -> Row:
+    """Features to indices, the distance matrix included (every version builds it once)."""
+    runs = {
+        "loop": lambda: straightforward_divprune(features, k),
+        "torch": lambda: functional.divprune(features, k),
+    }
+    return Row("divprune", size, k, *compare(runs, repeats, features.device.type, indices=True))
+
+
 def bench_coverage(matrix: torch.Tensor, size: str, k: int, repeats: int) -> Row:
     """The greedy on a given ``C`` (building ``C`` costs every version the same; timed separately)."""
     blocked = torch.zeros(1, matrix.shape[1], dtype=torch.bool, device=matrix.device)
@@ -258,6 +286,11 @@ def bench_size(size: str, args: argparse.Namespace) -> list[Row]:
     for k in args.ks:
         if k <= n:
             emit(bench_k_center(vision, size, k, args.repeats))
+    for k in args.ks:
+        if k <= n:
+            emit(bench_divprune(vision, size, k, args.repeats))
+    distance_ms, _ = timed(lambda: functional.divprune_distances(vision), args.repeats, args.device)
+    print(f"{'':11} {size:>10} building D = 1 - cos (divprune): {distance_ms:.1f}ms of every version's time", flush=True)
     build_ms, matrix = timed(
         lambda: functional.coverage_matrix(text, vision, clip), args.repeats, args.device
     )

@@ -30,6 +30,7 @@ def test_kernel_benchmark_reports_every_op_with_identical_selections(capsys):
         assert {k for op, s, k in ops if op == "k_center" and s == size} == {1, 5, 33}
         assert {k for op, s, k in ops if op == "mmtok" and s == size} == {1, 5, 33}
         assert {k for op, s, k in ops if op == "cdpruner" and s == size} == {1, 5, 33}
+        assert {k for op, s, k in ops if op == "divprune" and s == size} == {1, 5, 33}
     for row in rows:
         line = script.format_row(row)
         assert line in out
@@ -37,6 +38,8 @@ def test_kernel_benchmark_reports_every_op_with_identical_selections(capsys):
             assert row.identical == "yes/yes", line  # index for index, vs the loop and the vectorised version
         elif row.op == "cdpruner":
             assert row.identical == "yes", line  # the Cholesky path picks the paper loop's tokens
+        elif row.op == "divprune":
+            assert row.identical == "yes", line  # index for index, vs the official loop (no vectorised version)
         else:
             assert float(row.identical.split()[-1]) < 1e-5, line
         assert row.loop_ms > 0 and row.torch_ms > 0

@@ -183,6 +183,10 @@ OFFICIAL_POSITION_IDS = {
         "qwen2_5_vl": "original",
     },
     "dart": dict.fromkeys(("llava", "llava_next", "qwen2_vl", "qwen2_5_vl"), "original"),
+    **dict.fromkeys(
+        ("visionzip", "divprune", "vispruner"),
+        {"llava": "contiguous", "llava_next": "contiguous", "qwen2_vl": "original", "qwen2_5_vl": "original"},
+    ),
 }
 
 

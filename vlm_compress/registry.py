@@ -31,6 +31,9 @@ _METHODS: dict[str, str] = {
     "sparsevlm": "vlm_compress.methods.sparsevlm:SparseVLM",
     "pdrop": "vlm_compress.methods.pdrop:PDrop",
     "mustdrop": "vlm_compress.methods.mustdrop:MustDrop",
+    "visionzip": "vlm_compress.methods.visionzip:VisionZip",
+    "divprune": "vlm_compress.methods.divprune:DivPrune",
+    "vispruner": "vlm_compress.methods.vispruner:VisPruner",
 }
 
 # model_type -> "module:Class"

@@ -3,6 +3,7 @@
 from .cdpruner import conditional_kernel, dpp_map, dpp_map_reference, instruction_relevance
 from .coverage import coverage_matrix, greedy_coverage, mmtok_coverage
 from .dart import dart_select
+from .divprune import divprune, divprune_distances, divprune_reference
 from .globalcom2 import (
     combined_crop_scores,
     crop_attention_sums,
@@ -28,6 +29,8 @@ from .sparsevlm import (
 )
 from .tap import dilated_avg_pool
 from .topk import topk_indices
+from .visionzip import contextual_targets, contextual_tokens, visionzip
+from .vispruner import remove_duplicates, vispruner
 
 __all__ = [
     "SPARSEVLM_TOKEN_LISTS",
@@ -67,4 +70,12 @@ __all__ = [
     "instruction_relevance",
     "dart_select",
     "window_similarity",
+    "contextual_targets",
+    "contextual_tokens",
+    "divprune",
+    "divprune_distances",
+    "divprune_reference",
+    "remove_duplicates",
+    "vispruner",
+    "visionzip",
 ]

@@ -1,0 +1,157 @@
+"""VisionZip: dominant + contextual tokens against a plain loop of the official code, checks, a tiny-model run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vlm_compress as vlmc
+from vlm_compress.functional import contextual_targets, contextual_tokens, visionzip
+from vlm_compress.methods.base import resolve_budget
+from vlm_compress.methods.visionzip import VisionZip
+from vlm_compress.views import Signals, VisualContext
+from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
+
+
+def cosine(x: torch.Tensor, i: int, j: int) -> float:
+    a, b = x[i].double(), x[j].double()
+    if not bool(a.any()) or not bool(b.any()):
+        return 0.0
+    if torch.equal(x[i], x[j]):
+        return 1.0
+    return float(a @ b) / (float(a.norm()) * float(b.norm()))
+
+
+def official_loop(attention, metric, values, num_dominant, num_contextual, merge="official"):
+    """``CLIPVisionTower_VisionZip.forward`` as plain Python on the patch tokens: the top ``num_dominant`` by
+    attention (ties to the lower index) in image order, every ``M // C``-th other token a target, each other
+    token merged into its most similar target (ties to the earlier target)."""
+    n = attention.numel()
+    ranked = sorted(range(n), key=lambda i: (-float(attention[i]), i))
+    dominant = sorted(ranked[:num_dominant])
+    remaining = [i for i in range(n) if i not in dominant]
+    if num_contextual == 0:
+        return dominant, [], values[dominant].double()
+    step = max(1, len(remaining) // num_contextual)
+    targets = [remaining[p] for p in range(0, len(remaining), step)][:num_contextual]
+    members = {t: [] for t in targets}
+    for i in remaining:
+        if i not in targets:
+            best = max(range(len(targets)), key=lambda c: (cosine(metric, i, targets[c]), -c))
+            members[targets[best]].append(i)
+    merged = []
+    for t in targets:
+        group = values[members[t]].double()
+        if merge == "official":
+            merged.append(values[t].double() + (group.mean(0) if len(group) else 0.0))
+        else:
+            merged.append(torch.cat([values[t : t + 1].double(), group]).mean(0))
+    return dominant, targets, torch.cat([values[dominant].double(), torch.stack(merged)])
+
+
+def inputs(seed: int, n: int, dim: int, copies: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    metric = torch.randn(n, dim, generator=g)
+    if copies:  # every token one of 5 rows: many exact ties between targets
+        metric = metric[torch.randint(0, 5, (n,), generator=g)]
+    attention = torch.randint(0, 4, (n,), generator=g).float() if copies else torch.rand(n, generator=g)
+    return attention, metric, torch.randn(n, 6, generator=g)
+
+
+@pytest.mark.parametrize(("n", "seed", "copies"), [(12, 0, False), (36, 1, False), (64, 2, True), (50, 3, True)])
+@pytest.mark.parametrize("merge", ["official", "mean"])
+def test_selection_and_merge_match_the_official_loop(n, seed, copies, merge):
+    attention, metric, values = inputs(seed, n, 5, copies)
+    for num_dominant, num_contextual in [(0, 1), (1, 0), (5, 2), (n // 2, n // 4), (0, n), (n - 3, 3)]:
+        dominant, targets, assignment = visionzip(attention, metric, num_dominant, num_contextual)
+        expected_dominant, expected_targets, expected_values = official_loop(
+            attention, metric, values, num_dominant, num_contextual, merge
+        )
+        assert dominant.tolist() == expected_dominant and targets.tolist() == expected_targets
+        merged = contextual_tokens(values, targets, assignment, merge) if num_contextual else values[:0]
+        got = torch.cat([values[dominant], merged])
+        torch.testing.assert_close(got.double(), expected_values, rtol=1e-6, atol=1e-6)
+
+
+def test_contextual_targets_are_evenly_spaced_from_the_first():
+    assert contextual_targets(522, 10).tolist() == list(range(0, 522, 52))[:10]
+    assert contextual_targets(5, 5).tolist() == [0, 1, 2, 3, 4]
+    assert contextual_targets(7, 3).tolist() == [0, 2, 4]
+    with pytest.raises(ValueError, match=r"num_contextual must lie in 1..4"):
+        contextual_targets(4, 5)
+
+
+def test_every_token_is_dominant_or_in_exactly_one_contextual_group():
+    attention, metric, _ = inputs(5, 40, 4)
+    dominant, targets, assignment = visionzip(attention, metric, 10, 6)
+    assert (assignment[dominant] == -1).all() and (assignment >= 0).sum() == 30
+    assert assignment[targets].tolist() == list(range(6))
+
+
+def test_split_follows_the_papers_ratio_at_every_reported_budget():
+    method = VisionZip()
+    assert [method.split(k) for k in (64, 128, 192)] == [(54, 10), (108, 20), (162, 30)]
+    assert resolve_budget(method.budget, 576) == 64 and method.order == "selection"
+    assert VisionZip(contextual_ratio=0.0).split(16) == (16, 0)
+    assert VisionZip(contextual_ratio=1.0).split(16) == (0, 16)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"contextual_ratio": 1.5}, r"visionzip: contextual_ratio must lie in \[0, 1\] \(the paper uses 10 / 64\)"),
+        ({"contextual_ratio": "0.2"}, r"visionzip: contextual_ratio must lie in \[0, 1\]"),
+        ({"metric": "keys"}, r"visionzip: metric must be 'vision' or 'projected', got 'keys'"),
+        ({"merge": "sum"}, r"visionzip: merge must be 'official' or 'mean', got 'sum'"),
+        ({"order": "sideways"}, r"visionzip: order must be one of"),
+    ],
+)
+def test_hyperparameters_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        vlmc.get_method("visionzip", **kwargs)
+
+
+def test_method_returns_dominant_then_contextual_merged_features():
+    attention, vision, projected = inputs(6, 36, 5)
+    signals = {"vision_features": lambda: vision, "cls_attention": lambda: attention}
+    ctx = VisualContext(features=projected, grid=(6, 6), signals=Signals(signals))
+    selection = VisionZip(budget=16).select(ctx)  # 16 * 10/64 = 2.5 -> 2 contextual, 14 dominant
+    dominant, targets, expected = official_loop(attention, vision, projected, 14, 2)
+    assert selection.kept_indices.tolist() == dominant + targets
+    assert selection.info == {"dominant": 14, "contextual": 2}
+    torch.testing.assert_close(selection.features.double(), expected, rtol=1e-6, atol=1e-6)
+    selection.validate(36, 6, method="visionzip")
+    assert (selection.groups >= 0).all()  # nothing is dropped: every token is kept or merged
+    assert selection.groups[torch.tensor(dominant)].tolist() == list(range(14))
+    projected_metric = VisionZip(budget=16, metric="projected").select(ctx)
+    assert projected_metric.kept_indices.tolist() == dominant + official_loop(attention, projected, projected, 14, 2)[1]
+    assert torch.equal(VisionZip(budget=1.0).select(ctx).kept_indices, torch.arange(36))
+
+
+def test_tiny_llava_run_feeds_the_merged_tokens_in_the_official_layout():
+    model = build_tiny("llava", seed=9)
+    batch = tiny_inputs(model, [1], seed=10)
+    seen, embeds = [], []
+
+    class Spy(VisionZip):
+        def select(self, ctx):
+            seen.append((ctx.cls_attention.detach(), ctx.vision_features.detach(), ctx.features.detach()))
+            return super().select(ctx)
+
+    probe = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: embeds.append(kwargs["inputs_embeds"].detach()), with_kwargs=True
+    )
+    try:
+        with vlmc.compress(model, Spy(budget=32)) as run:
+            model(**batch)
+    finally:
+        probe.remove()
+    record = run.report.images[0]
+    assert run.report.position_ids == "contiguous" and record.tokens_after == 32
+    attention, vision, projected = seen[0]
+    dominant, targets, expected = official_loop(attention, vision, projected, 27, 5)
+    assert record.selection.kept_indices.tolist() == dominant + targets  # dominant in image order, then contextual
+    # the language model reads exactly those 32 rows, in that order, where the image was
+    rows = embeds[0][0]
+    start = int(torch.nonzero((rows[:, None, :] == record.selection.features[None, :1]).all(-1))[0, 0])
+    torch.testing.assert_close(rows[start : start + 32].double(), expected, rtol=1e-5, atol=1e-5)

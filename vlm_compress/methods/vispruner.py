@@ -1,0 +1,89 @@
+"""VisPruner: important tokens by the encoder's [CLS] attention, then diverse tokens by removing duplicates.
+
+Zhang et al., "Beyond Text-Visual Attention: Exploiting Visual Cues for Effective Token Pruning in VLMs" (ICCV
+2025; arXiv 2412.01818, the revised version of FasterVLM). Official code: Theia-4869/VisPruner @ ``aefa01a``,
+``llava/model/llava_arch.py`` (``encode_images``) and ``llava/model/multimodal_encoder/clip_encoder.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..functional import vispruner
+from ..selection import Selection
+from ..views import VisualContext
+from .base import CONTIGUOUS_ON_LLAVA, Budget, Method
+from .validate import check_number
+
+
+@dataclass
+class VisPruner(Method):
+    """Keep ``int(budget * important_ratio)`` important tokens and fill the rest of the budget with diverse ones.
+
+    1. **Important**: the tokens with the highest head-averaged [CLS] attention at the encoder's feature layer
+       (``cls_attention``; the official ``attentions[select_layer][:, :, 0, 1:].mean(1)``).
+    2. **Diverse**: the other tokens, by descending attention, are thinned in rounds until the budget is met:
+       the list is split alternately into ``a`` and ``b``, and the (up to) 8 ``a`` tokens most similar to some
+       ``b`` token (cosine of the encoder's feature-layer states, ``vision_features``, as the official code) are
+       removed; the next round's list is the surviving ``a`` tokens by descending similarity, then ``b``.
+
+    Kept tokens go to the language model in image order (the official index mask), numbered ``0..L'-1`` on LLaVA
+    (the official ``prepare_inputs_labels_for_multimodal``).
+
+    Attributes:
+        budget: tokens per image; default ``64 / 576`` (64 of LLaVA-1.5's 576, the paper's strongest reduction
+            on LLaVA-1.5 besides 32).
+        important_ratio: share of the budget chosen by attention, in ``[0, 1]``; default 0.5 (the official
+            ``--important_ratio`` default; its README also runs 0.75 on MME).
+
+    Differences from the official code:
+
+    - Ties go to the lower index (attention) and to the earlier position in the list (similarity); the official
+      ``argsort`` calls leave ties unordered.
+    - The official round indexes its ``a`` half with ``R // 2`` entries and fails when the list length ``R`` is
+      odd (an odd ``int(budget * important_ratio)``, e.g. 33); here ``a`` is the ``ceil(R / 2)`` even positions.
+    - A zero feature row has cosine 0 with everything (the official code divides by its zero norm).
+    - LLaVA-NeXT: the official code keeps ``budget`` tokens in **every** encoder pass (``32 * 5 = 160`` in its
+      README); here ``budget`` is per image and one selection covers its content tokens, each ranked by the
+      attention of its own pass. No official Qwen2-VL code; there the [CLS] proxy ranks the tokens.
+    """
+
+    budget: Budget = 64 / 576
+    important_ratio: float = 0.5
+
+    name = "vispruner"
+    description = "important tokens by [CLS] attention + diverse tokens by removing similar ones (VisPruner)"
+    paper = "https://arxiv.org/abs/2412.01818"
+    requires = ("cls_attention", "vision_features")
+    #: the official code is built on LLaVA's prepare_inputs_labels_for_multimodal; it has no Qwen2-VL code
+    default_position_ids = CONTIGUOUS_ON_LLAVA
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number(
+            self.name,
+            "important_ratio",
+            self.important_ratio,
+            at_least=0,
+            at_most=1,
+            expected="must lie in [0, 1] (the official default is 0.5)",
+        )
+
+    def split(self, k: int) -> tuple[int, int]:
+        """``(important, diverse)`` token counts for a budget of ``k`` tokens (``T_imp = int(T * r)``)."""
+        important = int(k * self.important_ratio)
+        return important, k - important
+
+    def select(self, ctx: VisualContext) -> Selection:
+        k = self.num_to_keep(ctx)
+        if k == ctx.num_tokens:
+            return self.keep_all(ctx)
+        scores = ctx.cls_attention
+        num_important, num_diverse = self.split(k)
+        important, diverse = vispruner(scores, ctx.vision_features, num_important, num_diverse)
+        kept = torch.cat([important.to(ctx.features.device), diverse.to(ctx.features.device)])
+        return Selection(
+            kept_indices=kept, scores=scores, info={"important": num_important, "diverse": num_diverse}
+        )
