@@ -26,14 +26,14 @@ _METHODS: dict[str, str] = {
     "mmtok": "vlm_compress.methods.mmtok:MMTok",
     "globalcom2": "vlm_compress.methods.globalcom2:GlobalCom2",
     "tap": "vlm_compress.methods.tap:TAP",
+    "visionzip": "vlm_compress.methods.visionzip:VisionZip",
+    "divprune": "vlm_compress.methods.divprune:DivPrune",
+    "vispruner": "vlm_compress.methods.vispruner:VisPruner",
     "cdpruner": "vlm_compress.methods.cdpruner:CDPruner",
     "dart": "vlm_compress.methods.dart:DART",
     "sparsevlm": "vlm_compress.methods.sparsevlm:SparseVLM",
     "pdrop": "vlm_compress.methods.pdrop:PDrop",
     "mustdrop": "vlm_compress.methods.mustdrop:MustDrop",
-    "visionzip": "vlm_compress.methods.visionzip:VisionZip",
-    "divprune": "vlm_compress.methods.divprune:DivPrune",
-    "vispruner": "vlm_compress.methods.vispruner:VisPruner",
 }
 
 # model_type -> "module:Class"
