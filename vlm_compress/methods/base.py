@@ -184,3 +184,13 @@ class Method:
     def __str__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
         return f"{self.name}({params})"
+
+
+@dataclass
+class InLLMMethod(Method):
+    """A method that prunes only inside the language model (stage 2): every token goes in, and the image's budget
+    is checked against it at selection time, so a budget larger than the image fails before the model runs."""
+
+    def select(self, ctx: VisualContext) -> Selection:
+        self.num_to_keep(ctx)
+        return self.keep_all(ctx)

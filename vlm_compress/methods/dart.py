@@ -13,14 +13,13 @@ from dataclasses import dataclass
 import torch
 
 from ..functional import dart_select
-from ..selection import Selection
-from ..views import LayerContext, VisualContext
-from .base import Method, resolve_budget
+from ..views import LayerContext
+from .base import InLLMMethod, resolve_budget
 from .validate import check_int
 
 
 @dataclass
-class DART(Method):
+class DART(InLLMMethod):
     """Keep every visual token through layers ``0..K-1``; before layer ``K``, per image: choose
     ``pivot_image_tokens`` visual and ``pivot_text_tokens`` text pivots (the text after the image), then let
     every pivot keep the visual tokens least similar to it (cosine), until ``budget`` tokens are kept,
@@ -75,10 +74,6 @@ class DART(Method):
         check_int(self.name, "prune_layer", self.prune_layer, minimum=1, note=" (the official code uses 2)")
         check_int(self.name, "pivot_image_tokens", self.pivot_image_tokens, minimum=1, note=" (official 4)")
         check_int(self.name, "pivot_text_tokens", self.pivot_text_tokens, minimum=0, note=" (official 4)")
-
-    def select(self, ctx: VisualContext) -> Selection:
-        self.num_to_keep(ctx)  # validate the budget against this image now, not deep inside the model
-        return self.keep_all(ctx)
 
     def prune_layers(self, num_layers: int) -> list[int]:
         return [self.prune_layer]

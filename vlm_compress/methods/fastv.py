@@ -10,14 +10,13 @@ from dataclasses import dataclass
 import torch
 
 from ..functional import keep_top_attended
-from ..selection import Selection
-from ..views import LayerContext, VisualContext
-from .base import Method, resolve_budget
+from ..views import LayerContext
+from .base import InLLMMethod, resolve_budget
 from .validate import check_int
 
 
 @dataclass
-class FastV(Method):
+class FastV(InLLMMethod):
     """Keep every visual token through layers ``0..K-1``; before layer ``K`` keep, per image, the ``budget``
     tokens that the prompt's last token attends to most at layer ``K-1`` (head-averaged).
 
@@ -41,10 +40,6 @@ class FastV(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int(self.name, "prune_layer", self.prune_layer, minimum=1, note=" (the paper uses 2)")
-
-    def select(self, ctx: VisualContext) -> Selection:
-        self.num_to_keep(ctx)  # validate the budget against this image now, not deep inside the model
-        return self.keep_all(ctx)
 
     def prune_layers(self, num_layers: int) -> list[int]:
         return [self.prune_layer]

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 import torch
 
 from ..functional import keep_top_attended, pyramid_keep_count, pyramid_layers
-from ..selection import Selection
-from ..views import LayerContext, VisualContext
-from .base import Method
+from ..views import LayerContext
+from .base import InLLMMethod
 from .validate import check_number, is_int, is_number
 
 
 @dataclass
-class PDrop(Method):
+class PDrop(InLLMMethod):
     """Stage ``s`` ends before layer ``layer_list[s-1]``: there the prompt's last instruction token attends
     (head-averaged) to every visual token, and each image keeps its top ``budget * lambda^(s-1)`` tokens.
 
@@ -67,10 +66,6 @@ class PDrop(Method):
                 )
         check_number(self.name, "lambda_", self.lambda_, above=0, at_most=1, note=" (the paper uses 0.5)")
         self.layer_list = tuple(layers)
-
-    def select(self, ctx: VisualContext) -> Selection:
-        self.num_to_keep(ctx)  # validate the budget against this image now, not deep inside the model
-        return self.keep_all(ctx)
 
     def prune_layers(self, num_layers: int) -> list[int]:
         return pyramid_layers(num_layers, self.layer_list)

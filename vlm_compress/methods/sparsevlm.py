@@ -21,9 +21,8 @@ from ..functional import (
     select_raters,
     sparsevlm_keep_counts,
 )
-from ..selection import Selection
-from ..views import LayerContext, VisualContext
-from .base import Budget, Method, resolve_budget
+from ..views import LayerContext
+from .base import Budget, InLLMMethod, resolve_budget
 from .validate import check_choice, check_number, is_int
 
 SCHEDULES = ("fixed", "rank")
@@ -35,7 +34,7 @@ def _sorted_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @dataclass
-class SparseVLM(Method):
+class SparseVLM(InLLMMethod):
     """Text tokens chosen as *raters* (input embeddings most related to the image) score the visual tokens by
     the attention they give them; after each layer of ``pruning_loc`` every image keeps its top-scoring tokens,
     and the best 30% of the dropped ones are *recycled* into a few merged tokens (DPC-kNN cluster means).
@@ -101,10 +100,6 @@ class SparseVLM(Method):
         check_number(
             self.name, "recycle_ratio", self.recycle_ratio, at_least=0, at_most=1, note=" (official 0.3)"
         )
-
-    def select(self, ctx: VisualContext) -> Selection:
-        self.num_to_keep(ctx)  # validate the budget against this image now, not deep inside the model
-        return self.keep_all(ctx)
 
     def prune_layers(self, num_layers: int) -> list[int]:
         points: list[int] = []

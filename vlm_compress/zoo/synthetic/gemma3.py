@@ -147,25 +147,16 @@ def tiny_gemma3_inputs(
 ) -> dict[str, torch.Tensor]:
     """Run the real processor on random images of :data:`TINY_GEMMA3_IMAGE_SIZES` (in turn): ``input_ids``,
     ``attention_mask``, ``token_type_ids`` and ``pixel_values [I, 3, 32, 32]``."""
-    import numpy as np
-    from PIL import Image
+    from .processors import random_prompts
 
-    generator = torch.Generator().manual_seed(seed)
     processor = tiny_gemma3_processor(model, padding_side=padding_side)
-    text_lengths = text_lengths or [3 + 2 * i for i in range(len(images_per_row))]
-    texts, images, count_so_far = [], [], 0
-    for count, text_length in zip(images_per_row, text_lengths):
-        words = [f"w{int(i)}" for i in torch.randint(0, 200, (text_length + 2 * count,), generator=generator)]
-        parts, row_images = ["<s>", *words[:text_length]], []
-        for i in range(count):
-            parts += ["<start_of_image>", *words[text_length + 2 * i : text_length + 2 * i + 2]]
-            sizes = TINY_GEMMA3_IMAGE_SIZES
-            height, width = sizes[(count_so_far + seed) % len(sizes)]
-            count_so_far += 1
-            pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
-            row_images.append(Image.fromarray(np.asarray(pixels.numpy())))
-        texts.append(" ".join(parts))
-        images.append(row_images)
+    texts, images, _ = random_prompts(
+        images_per_row,
+        placeholder="<start_of_image>",
+        sizes=TINY_GEMMA3_IMAGE_SIZES,
+        text_lengths=text_lengths,
+        seed=seed,
+    )
     # a text-only row keeps its empty list: the processor counts images per prompt
     any_image = any(images)
     out = processor(images=images if any_image else None, text=texts, return_tensors="pt", padding=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .processors import word_tokenizer
+from .processors import random_prompts, word_tokenizer
 from .tiny import TINY_IMAGE_TOKEN_ID, _pad_rows, _tiny_text_params
 
 #: InternVL's special tokens at the tiny models' ids (the context token is the shared image token id)
@@ -109,24 +109,15 @@ def internvl_inputs(
     :data:`TINY_INTERNVL_IMAGE_SIZES`), in turn, so one batch mixes tile layouts: ``input_ids``, ``attention_mask``,
     ``pixel_values [tiles, 3, S, S]`` and ``image_sizes`` (the original sizes, which the adapter reads for the crop
     layout)."""
-    import numpy as np
-    from PIL import Image
-
-    generator = torch.Generator().manual_seed(seed)
     processor = tiny_internvl_processor(model, padding_side=padding_side)
-    text_lengths = text_lengths or [3 + 2 * i for i in range(len(images_per_row))]
-    cycle = sizes or TINY_INTERNVL_IMAGE_SIZES
-    texts, images, used = [], [], []
-    for count, text_length in zip(images_per_row, text_lengths):
-        words = [f"w{int(i)}" for i in torch.randint(0, 200, (text_length + 2 * count,), generator=generator)]
-        parts = ["<s>", *words[:text_length]]
-        for i in range(count):
-            parts += ["<IMG_CONTEXT>", *words[text_length + 2 * i : text_length + 2 * i + 2]]
-            height, width = cycle[(len(images) + seed) % len(cycle)]
-            pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
-            images.append(Image.fromarray(np.asarray(pixels.numpy())))
-            used.append((height, width))
-        texts.append(" ".join(parts))
+    texts, rows, used = random_prompts(
+        images_per_row,
+        placeholder="<IMG_CONTEXT>",
+        sizes=sizes or TINY_INTERNVL_IMAGE_SIZES,
+        text_lengths=text_lengths,
+        seed=seed,
+    )
+    images = [image for row in rows for image in row]
     if not images:
         rows = [processor.tokenizer(text)["input_ids"] for text in texts]
         ids, mask = _pad_rows(rows, padding_side)

@@ -155,24 +155,16 @@ def tiny_onevision_inputs(
 
     A row with several images is a multi-image prompt: as in the real processor, its images are not cropped
     (base image + one newline each)."""
-    import numpy as np
-    from PIL import Image
+    from .processors import random_prompts
 
-    generator = torch.Generator().manual_seed(seed)
     processor = tiny_onevision_processor(model, padding_side=padding_side)
-    text_lengths = text_lengths or [3 + 2 * i for i in range(len(images_per_row))]
-    texts, images = [], []
-    for count, text_length in zip(images_per_row, text_lengths):
-        words = [f"w{int(i)}" for i in torch.randint(0, 200, (text_length + 2 * count,), generator=generator)]
-        parts, row_images = ["<s>", *words[:text_length]], []
-        for i in range(count):
-            parts += ["<image>", *words[text_length + 2 * i : text_length + 2 * i + 2]]
-            sizes = image_sizes or TINY_ONEVISION_IMAGE_SIZES
-            height, width = sizes[(sum(map(len, images)) + len(row_images) + seed) % len(sizes)]
-            pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
-            row_images.append(Image.fromarray(np.asarray(pixels.numpy())))
-        texts.append(" ".join(parts))
-        images.append(row_images)
+    texts, images, _ = random_prompts(
+        images_per_row,
+        placeholder="<image>",
+        sizes=image_sizes or TINY_ONEVISION_IMAGE_SIZES,
+        text_lengths=text_lengths,
+        seed=seed,
+    )
     nested = [row for row in images if row]
     out = processor(images=nested or None, text=texts, return_tensors="pt", padding=True)
     inputs = {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}

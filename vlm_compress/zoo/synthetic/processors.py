@@ -45,6 +45,40 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
+def random_prompts(
+    images_per_row: list[int],
+    *,
+    placeholder: str,
+    sizes: list[tuple[int, int]],
+    text_lengths: list[int] | None = None,
+    seed: int = 0,
+) -> tuple[list[str], list[list[Any]], list[tuple[int, int]]]:
+    """Random prompts and images for the tiny models' real processors.
+
+    Row ``b`` is ``<s>``, ``text_lengths[b]`` words (default ``3 + 2b``), then per image ``placeholder`` and two
+    more words; the images are random RGB pictures whose ``(h, w)`` cycle through ``sizes`` (from offset ``seed``,
+    over the whole batch), so one batch mixes layouts. Returns the texts, each row's images and every image's size.
+    """
+    import numpy as np
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    text_lengths = text_lengths or [3 + 2 * i for i in range(len(images_per_row))]
+    texts, images, used = [], [], []
+    for count, text_length in zip(images_per_row, text_lengths):
+        words = [f"w{int(i)}" for i in torch.randint(0, 200, (text_length + 2 * count,), generator=generator)]
+        parts, row = ["<s>", *words[:text_length]], []
+        for i in range(count):
+            parts += [placeholder, *words[text_length + 2 * i : text_length + 2 * i + 2]]
+            height, width = sizes[(len(used) + seed) % len(sizes)]
+            pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+            row.append(Image.fromarray(np.asarray(pixels.numpy())))
+            used.append((height, width))
+        texts.append(" ".join(parts))
+        images.append(row)
+    return texts, images, used
+
+
 def word_tokenizer(words: list[str], special_tokens: dict[str, int] | None = None):
     """A word-level ``PreTrainedTokenizerFast`` for the tiny models: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3,
     the words from 4 on, ``<image>`` = the tiny models' image token id (or the given ``special_tokens``, each

@@ -268,24 +268,13 @@ def _inputs_llava_next(
     """Run a real ``LlavaNextProcessor`` on random images of the sizes in :data:`TINY_NEXT_IMAGE_SIZES` (in turn,
     so one batch mixes crop layouts): ``input_ids``, ``attention_mask``, ``pixel_values [I, P, 3, 32, 32]``
     (padded to the most crops), ``image_sizes [I, 2]``."""
-    import numpy as np
-    from PIL import Image
-
-    generator = torch.Generator().manual_seed(seed)
-    from .processors import tiny_next_processor
+    from .processors import random_prompts, tiny_next_processor
 
     processor = tiny_next_processor(model, padding_side=padding_side)
-    text_lengths = text_lengths or [3 + 2 * i for i in range(len(images_per_row))]
-    texts, images = [], []
-    for count, text_length in zip(images_per_row, text_lengths):
-        words = [f"w{int(i)}" for i in torch.randint(0, 200, (text_length + 2 * count,), generator=generator)]
-        parts = ["<s>", *words[:text_length]]
-        for i in range(count):
-            parts += ["<image>", *words[text_length + 2 * i : text_length + 2 * i + 2]]
-            height, width = TINY_NEXT_IMAGE_SIZES[(len(images) + seed) % len(TINY_NEXT_IMAGE_SIZES)]
-            pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
-            images.append(Image.fromarray(np.asarray(pixels.numpy())))
-        texts.append(" ".join(parts))
+    texts, rows, _ = random_prompts(
+        images_per_row, placeholder="<image>", sizes=TINY_NEXT_IMAGE_SIZES, text_lengths=text_lengths, seed=seed
+    )
+    images = [image for row in rows for image in row]
     out = processor(images=images or None, text=texts, return_tensors="pt", padding=True)
     inputs = {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
     if images:
