@@ -29,10 +29,12 @@ from ..engine.options import PatchOptions
 from ..engine.sequence import ImageSlot, SequencePlan, call_length, gather_positions, text_positions
 from ..engine.undo import UndoRecorder
 from ..errors import InvalidFeaturesError
+from ..views import Signals, TokenRegion, VisualContext
 
 
 class Adapter:
-    """Base adapter. Subclasses implement :meth:`encode`, :meth:`image_token_mask` and :meth:`pack_features`."""
+    """Base adapter. Subclasses implement :meth:`encode` and :meth:`pack_features`, set ``image_token_id`` (or
+    override :meth:`image_token_mask`) and build each image's context with :meth:`image_context`."""
 
     #: per-token keyword inputs (besides ids/embeds/mask/positions/labels) that must be gathered with the sequence
     per_token_inputs: ClassVar[tuple[str, ...]] = ("token_type_ids",)
@@ -59,15 +61,45 @@ class Adapter:
         """Signals this adapter can provide to methods (checked against ``Method.requires`` at patch time)."""
         return set()
 
-    def image_token_mask(
-        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
-    ) -> torch.Tensor:
-        """``[B, L]`` bool: where the image placeholder tokens are."""
-        raise TypeError(f"{type(self).__name__} must implement image_token_mask()")
-
     def encode(self, call: dict[str, Any], is_image: torch.Tensor) -> list[ImageSlot]:
         """Run the vision side once; pop the image inputs from ``call``; return one slot per image."""
         raise TypeError(f"{type(self).__name__} must implement encode()")
+
+    def image_token_mask(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``[B, L]`` bool: where the image placeholder tokens are. Default: ``input_ids == image_token_id``, or,
+        given only ``inputs_embeds``, the rows equal to that token's embedding."""
+        if input_ids is not None:
+            return input_ids == self.image_token_id
+        image_embed = self.model.get_input_embeddings()(
+            torch.tensor(self.image_token_id, device=inputs_embeds.device)
+        ).to(inputs_embeds.dtype)
+        return (inputs_embeds == image_embed).all(dim=-1)
+
+    def image_context(
+        self,
+        image: int,
+        row: int,
+        features: torch.Tensor,
+        providers: dict[str, Any],
+        *,
+        grid: tuple[int, int] | None = None,
+        thumbnail: TokenRegion | None = None,
+        crops: list[TokenRegion] | None = None,
+    ) -> VisualContext:
+        """What a method sees of image ``image`` (batch order) in prompt ``row``: its tokens, grid, regions, the
+        family's ``model_type`` and its lazy signals (``providers``: name -> zero-argument callable)."""
+        return VisualContext(
+            features=features,
+            grid=grid,
+            image_index=image,
+            row=row,
+            thumbnail=thumbnail,
+            crops=crops,
+            model_type=self.config.model_type,
+            signals=Signals(providers, owner=f"image {image}"),
+        )
 
     @staticmethod
     def check_finite(features: list[torch.Tensor]) -> None:

@@ -28,7 +28,6 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..engine.sequence import ImageSlot
-from ..views import Signals, VisualContext
 from . import siglip, text_signals
 from .base import Adapter
 from .placeholders import assign_image_slots, placeholder_blocks
@@ -48,14 +47,6 @@ class Gemma3Adapter(Adapter):
         signals = {"vision_features", "patch_features", "cls_attention", "cls_attention_logits"}
         return signals | text_signals.available(self.tokenizer)
 
-    def image_token_mask(self, input_ids, inputs_embeds):
-        if input_ids is not None:
-            return input_ids == self.image_token_id
-        image_embed = self.model.get_input_embeddings()(
-            torch.tensor(self.image_token_id, device=inputs_embeds.device)
-        ).to(inputs_embeds.dtype)
-        return (inputs_embeds == image_embed).all(dim=-1)
-
     def encode(self, call: dict[str, Any], is_image: torch.Tensor) -> list[ImageSlot]:
         pixel_values = call.pop("pixel_values")
         encoded = self.inner.get_image_features(pixel_values, output_hidden_states=True, return_dict=True)
@@ -70,14 +61,8 @@ class Gemma3Adapter(Adapter):
         signals = Gemma3Signals(self, call, encoded)
         slots = []
         for i, ((row, columns), feats) in enumerate(zip(placements, features)):
-            context = VisualContext(
-                features=feats,
-                grid=(self.side, self.side),
-                image_index=i,
-                row=row,
-                model_type=self.config.model_type,
-                signals=Signals(signals.providers(i, row, columns, is_image), owner=f"image {i}"),
-            )
+            providers = signals.providers(i, row, columns, is_image)
+            context = self.image_context(i, row, feats, providers, grid=(self.side, self.side))
             slots.append(ImageSlot(row=row, columns=columns, context=context))
         return slots
 

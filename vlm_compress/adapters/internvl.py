@@ -34,7 +34,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..engine.sequence import ImageSlot
 from ..errors import InputMismatchError, UnsupportedModelError
-from ..views import Signals, TokenRegion, VisualContext
+from ..views import Signals, TokenRegion
 from . import text_signals
 from .internvl_signals import InternVLSignals, shuffle_groups, tile_layout
 from .llava import LlavaAdapter
@@ -103,13 +103,12 @@ class InternVLAdapter(LlavaAdapter):
             layout = None
             if count > 1 and image_sizes is not None:
                 layout = tile_layout(image_sizes[i], count, self.image_processor, self.config.vision_config)
-            context = VisualContext(
-                features=torch.cat(tiles[first : first + count]),
+            context = self.image_context(
+                i,
+                row,
+                torch.cat(tiles[first : first + count]),
+                signals.providers(i, row, columns, is_image),
                 grid=self.grid_for(count * self.tile_tokens),
-                image_index=i,
-                row=row,
-                model_type=self.config.model_type,
-                signals=Signals(signals.providers(i, row, columns, is_image), owner=f"image {i}"),
             )
             if count > 1:
                 context.thumbnail, context.crops = self._regions(i, count, layout, signals)

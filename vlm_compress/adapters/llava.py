@@ -24,7 +24,6 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..engine.sequence import ImageSlot
 from ..errors import InputMismatchError
-from ..views import Signals, VisualContext
 from . import text_signals, vision_towers
 from .base import Adapter
 from .placeholders import assign_image_slots
@@ -68,14 +67,6 @@ class LlavaAdapter(Adapter):
         if vision_towers.has_cls_token(self.vision_tower):
             signals |= {"cls_attention", "cls_attention_logits"}
         return signals
-
-    def image_token_mask(self, input_ids, inputs_embeds):
-        if input_ids is not None:
-            return input_ids == self.image_token_id
-        image_embed = self.model.get_input_embeddings()(
-            torch.tensor(self.image_token_id, device=inputs_embeds.device)
-        ).to(inputs_embeds.dtype)
-        return (inputs_embeds == image_embed).all(dim=-1)
 
     @staticmethod
     def prompt_images(is_image: torch.Tensor, features: list[torch.Tensor]) -> int | None:
@@ -164,14 +155,7 @@ class LlavaAdapter(Adapter):
             providers = signals.providers(i, row, columns, is_image)
             if padding[i] is not None:
                 providers["padding_mask"] = lambda mask=padding[i]: mask
-            context = VisualContext(
-                features=feats,
-                grid=self.grid_for(feats.shape[0]),
-                image_index=i,
-                row=row,
-                model_type=self.config.model_type,
-                signals=Signals(providers, owner=f"image {i}"),
-            )
+            context = self.image_context(i, row, feats, providers, grid=self.grid_for(feats.shape[0]))
             slots.append(ImageSlot(row=row, columns=columns, context=context))
         return slots
 

@@ -39,7 +39,7 @@ from transformers.models.llava_next.modeling_llava_next import image_size_to_num
 
 from ..engine.sequence import ImageSlot
 from ..errors import InputMismatchError, UnsupportedModelError
-from ..views import Signals, TokenRegion, VisualContext
+from ..views import Signals, TokenRegion
 from .anyres import AnyResLayout, AnyResSignals, AnyResSlot, anyres_layout
 from .llava import LlavaAdapter
 from .placeholders import assign_image_slots
@@ -88,22 +88,18 @@ class LlavaNextAdapter(LlavaAdapter):
                     f"implies {layout.num_tokens}; check image_sizes and image_grid_pinpoints"
                 )
             providers = signals.providers(i, row, columns, is_image)
-            context = VisualContext(
-                features=block[layout.content.to(block.device)],
-                grid=None,
-                image_index=i,
-                row=row,
-                model_type=self.config.model_type,
-                thumbnail=TokenRegion(
-                    indices=torch.arange(layout.thumbnail_tokens),
-                    grid=(side, side),
-                    signals=Signals(
-                        signals.region_providers(i),
-                        owner=f"image {i} thumbnail",
-                    ),
-                ),
+            thumbnail = TokenRegion(
+                indices=torch.arange(layout.thumbnail_tokens),
+                grid=(side, side),
+                signals=Signals(signals.region_providers(i), owner=f"image {i} thumbnail"),
+            )
+            context = self.image_context(
+                i,
+                row,
+                block[layout.content.to(block.device)],
+                providers,
+                thumbnail=thumbnail,
                 crops=self._crop_regions(i, layout, signals),
-                signals=Signals(providers, owner=f"image {i}"),
             )
             slots.append(AnyResSlot(row=row, columns=columns, context=context, layout=layout, packed=block))
         return slots

@@ -36,7 +36,7 @@ from transformers.models.llava_onevision.modeling_llava_onevision import image_s
 
 from ..engine.sequence import ImageSlot
 from ..errors import InputMismatchError, UnsupportedModelError
-from ..views import Signals, TokenRegion, VisualContext
+from ..views import Signals, TokenRegion
 from . import siglip
 from .llava_next import AnyResLayout, AnyResSignals, AnyResSlot, LlavaNextAdapter, anyres_layout
 from .placeholders import assign_image_slots
@@ -170,15 +170,14 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
                     signals=Signals(signals.region_providers(i), owner=f"image {i} thumbnail"),
                 )
                 crops = self._crop_regions(i, layout, signals)
-            context = VisualContext(
-                features=block[layout.content.to(block.device)],
+            context = self.image_context(
+                i,
+                row,
+                block[layout.content.to(block.device)],
+                signals.providers(i, row, columns, is_image),
                 grid=None if cropped[i] else (side, side),
-                image_index=i,
-                row=row,
-                model_type=self.config.model_type,
                 thumbnail=thumbnail,
                 crops=crops,
-                signals=Signals(signals.providers(i, row, columns, is_image), owner=f"image {i}"),
             )
             slots.append(AnyResSlot(row=row, columns=columns, context=context, layout=layout, packed=block))
         return slots

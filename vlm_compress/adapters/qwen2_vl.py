@@ -31,7 +31,6 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..engine.sequence import ImageSlot, SequencePlan, gather_columns
 from ..errors import InputMismatchError, UnsupportedModelError
-from ..views import Signals, VisualContext
 from . import text_signals
 from .base import Adapter
 from .placeholders import assign_image_slots, placeholder_blocks
@@ -108,14 +107,8 @@ class Qwen2VLAdapter(Adapter):
         signals = QwenSignals(self, call, encoded.last_hidden_state, captured, grid_thw)
         slots = []
         for i, ((row, columns), feats) in enumerate(zip(placements, features)):
-            context = VisualContext(
-                features=feats,
-                grid=self.grid_of(grid_thw[i]),
-                image_index=i,
-                row=row,
-                model_type=self.config.model_type,
-                signals=Signals(signals.providers(i, row, columns, is_image), owner=f"image {i}"),
-            )
+            providers = signals.providers(i, row, columns, is_image)
+            context = self.image_context(i, row, feats, providers, grid=self.grid_of(grid_thw[i]))
             slots.append(ImageSlot(row=row, columns=columns, context=context))
         return slots
 
