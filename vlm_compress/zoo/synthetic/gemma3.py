@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .tiny import TINY_IMAGE_TOKEN_ID, _tiny_text_params
+from .tiny import TINY_IMAGE_TOKEN_ID, _tiny_siglip_vision, _tiny_text_params
 
 #: Gemma 3's image delimiters at the tiny ids (the soft image token is the shared tiny image token id)
 TINY_GEMMA3_TOKENS = {
@@ -33,7 +33,6 @@ def build_tiny_gemma3(attn_implementation: str, **overrides: Any):
         Gemma3Config,
         Gemma3ForConditionalGeneration,
         Gemma3TextConfig,
-        SiglipVisionConfig,
     )
 
     text = _tiny_text_params(
@@ -50,15 +49,7 @@ def build_tiny_gemma3(attn_implementation: str, **overrides: Any):
         ]
     config = Gemma3Config(
         text_config=Gemma3TextConfig(**text),
-        vision_config=SiglipVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=4,
-            vision_use_head=False,
-        ),
+        vision_config=_tiny_siglip_vision(patch_size=4),
         mm_tokens_per_image=16,
         boi_token_index=TINY_GEMMA3_TOKENS["<start_of_image>"],
         eoi_token_index=TINY_GEMMA3_TOKENS["<end_of_image>"],

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .tiny import TINY_IMAGE_TOKEN_ID, _tiny_text_params
+from .tiny import TINY_IMAGE_TOKEN_ID, _tiny_siglip_vision, _tiny_text_params
 
 #: AnyRes resolutions (h, w) in pixels of the tiny OneVision: crop layouts 1x2, 2x1 and 2x2 of 32-px tiles
 TINY_ONEVISION_PINPOINTS = [[32, 64], [64, 32], [64, 64]]
@@ -31,19 +31,10 @@ def build_tiny_onevision(attn_implementation: str, **overrides: Any):
         LlavaOnevisionConfig,
         LlavaOnevisionForConditionalGeneration,
         Qwen2Config,
-        SiglipVisionConfig,
     )
 
     config = LlavaOnevisionConfig(
-        vision_config=SiglipVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-            vision_use_head=False,
-        ),
+        vision_config=_tiny_siglip_vision(),
         text_config=Qwen2Config(**_tiny_text_params(**overrides)),
         image_token_index=TINY_IMAGE_TOKEN_ID,
         video_token_index=TINY_VIDEO_TOKEN_ID,

@@ -68,6 +68,23 @@ def _tiny_clip_vision(**overrides: Any):
     return CLIPVisionConfig(**params)
 
 
+def _tiny_siglip_vision(**overrides: Any):
+    """The SigLIP tower of the tiny LLaVA-OneVision and Gemma 3 (no [CLS], no pooling head): 2 blocks, 32 wide."""
+    from transformers import SiglipVisionConfig
+
+    params = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        vision_use_head=False,
+    )
+    params.update(overrides)
+    return SiglipVisionConfig(**params)
+
+
 def _build_llava(attn_implementation: str, **overrides: Any):
     """CLIP tower 96x96 px with 8-px patches (12x12 = 144 visual tokens), 3-layer Llama."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration
