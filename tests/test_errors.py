@@ -23,6 +23,9 @@ from vlm_compress.zoo.synthetic import (
     tiny_qwen3_processor,
     tiny_qwen_processor,
 )
+from vlm_compress.zoo.synthetic.gemma3 import tiny_gemma3_processor
+from vlm_compress.zoo.synthetic.internvl import tiny_internvl_processor
+from vlm_compress.zoo.synthetic.llava_onevision import tiny_onevision_processor
 
 from .helpers import UnpatchedSnapshot
 
@@ -293,6 +296,9 @@ PROCESSORS = {
     "llava_next": (tiny_next_processor, "USER: <image> w1 w2 ASSISTANT:"),
     "qwen2_vl": (tiny_qwen_processor, "USER: <|vision_start|><|image_pad|><|vision_end|> w1 w2 ASSISTANT:"),
     "qwen3_vl": (tiny_qwen3_processor, "USER: <|vision_start|><|image_pad|><|vision_end|> w1 w2 ASSISTANT:"),
+    "llava_onevision": (tiny_onevision_processor, "USER: <image> w1 w2 ASSISTANT:"),
+    "gemma3": (tiny_gemma3_processor, "USER: <start_of_image> w1 w2 ASSISTANT:"),
+    "internvl": (tiny_internvl_processor, "USER: <IMG_CONTEXT> w1 w2 ASSISTANT:"),
 }
 
 
@@ -325,7 +331,15 @@ def test_a_one_pixel_image_through_the_real_processor(with_processor, image_file
     image = load_image(image_files / "one_pixel.png")
     inputs = dict(processor(images=[image], text=[prompt], return_tensors="pt"))
     tokens = run_compressed(model, inputs, budget=4)
-    expected = {"llava": 144, "llava_next": 32, "qwen2_vl": 16, "qwen3_vl": 16}[model.config.model_type]
+    expected = {
+        "llava": 144,
+        "llava_next": 32,
+        "qwen2_vl": 16,
+        "qwen3_vl": 16,
+        "llava_onevision": 32,  # the base image and one 1x1 crop layout, newlines not counted
+        "gemma3": 16,
+        "internvl": 16,  # one tile, no thumbnail
+    }[model.config.model_type]
     assert tokens == expected
 
 
@@ -355,13 +369,19 @@ def test_an_8000x8000_image_is_resized_by_the_processor(with_processor):
         "llava_next": lambda: tuple(inputs["pixel_values"].shape) == (1, 5, 3, 32, 32),
         "qwen2_vl": lambda: inputs["image_grid_thw"].tolist() == [[1, 16, 16]],  # 64x64 px = max_pixels
         "qwen3_vl": lambda: inputs["image_grid_thw"].tolist() == [[1, 16, 16]],
+        # the base image and the 2x2 crops of the largest pinpoint
+        "llava_onevision": lambda: tuple(inputs["pixel_values"].shape) == (1, 5, 3, 32, 32),
+        "gemma3": lambda: tuple(inputs["pixel_values"].shape) == (1, 3, 32, 32),
+        # at most max_patches=4 crops (2x2 for a square) and the thumbnail
+        "internvl": lambda: tuple(inputs["pixel_values"].shape) == (5, 3, 32, 32),
     }
     assert bounded[model_type]()
     # measured: ~610 MB over the 192 MB image for the CLIP / LLaVA-NeXT processors, ~375 MB for Qwen2-VL's
     assert peak_rss_since_reset() - start < 1.5 * 2**30
     start = reset_peak_rss()
     tokens = run_compressed(model, inputs, budget=4)
-    assert tokens == {"llava": 144, "llava_next": 80, "qwen2_vl": 64, "qwen3_vl": 64}[model_type]
+    expected = {"llava": 144, "llava_next": 80, "qwen2_vl": 64, "qwen3_vl": 64, "llava_onevision": 41, "gemma3": 16}
+    assert tokens == {**expected, "internvl": 80}[model_type]
     assert peak_rss_since_reset() - start < 256 * 2**20  # the model side does not grow with the image
 
 

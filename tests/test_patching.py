@@ -254,3 +254,23 @@ def test_full_budget_is_exact_under_every_position_policy(model, position_ids):
         with vlmc.compress(model, name, budget=1.0, position_ids=position_ids) as run:
             logits = model(**inputs).logits
         assert torch.equal(logits, reference), (name, run.position_ids)
+
+
+def test_hooks_transformers_installs_while_patched_are_undone_too():
+    """A fresh model's first hidden-state request makes transformers install its permanent output-capture hooks;
+    when that request comes from the patch (ToDRE reads the tower's hidden states first), exit removes them and
+    transformers installs them again on its next own request."""
+    from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
+
+    from .helpers import hook_state
+
+    model = build_tiny("llava", seed=5)
+    inputs = tiny_inputs(model, [1], seed=6)
+    before = hook_state(model)
+    with vlmc.compress(model, "todre", budget=8):
+        model(**inputs)
+    assert hook_state(model) == before
+    reference = model(**inputs).logits  # transformers' own first request: its hooks come back
+    assert hook_state(model) != before
+    with vlmc.compress(model, "todre", budget=1.0):
+        assert torch.equal(model(**inputs).logits, reference)

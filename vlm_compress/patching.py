@@ -126,6 +126,7 @@ class CompressionHandle:
         self.image_processor = getattr(processor, "image_processor", None)
         self.report = Report(position_ids=position_ids, position_ids_source=source)
         self._undo = UndoRecorder()
+        self._undo.track_output_capture(model)
         self._active = False
         adapter = adapter_class(model)
         check_weights_loaded(model)

@@ -11,6 +11,20 @@ from __future__ import annotations
 from typing import Any
 
 _MISSING = object()
+#: transformers' mark on a model whose output-capture hooks are installed (``utils.output_capturing``)
+_CAPTURE_FLAG = "_output_capturing_hooks_installed"
+_CAPTURE_MODULE = "transformers.utils.output_capturing"
+
+
+def _undo_capture(before: dict) -> None:
+    for module, (hooks, flag) in before.items():
+        if flag is _MISSING and _CAPTURE_FLAG in module.__dict__:
+            delattr(module, _CAPTURE_FLAG)
+        for key in [k for k in module._forward_hooks if k not in hooks]:
+            if getattr(module._forward_hooks[key], "__module__", None) == _CAPTURE_MODULE:
+                del module._forward_hooks[key]
+                module._forward_hooks_with_kwargs.pop(key, None)
+                module._forward_hooks_always_called.pop(key, None)
 
 
 class UndoRecorder:
@@ -25,6 +39,16 @@ class UndoRecorder:
         self._undo.append(("attr", (obj, name, previous)))
         setattr(obj, name, value)
 
+    def track_output_capture(self, model: Any) -> None:
+        """Undo what transformers itself installs on ``model`` while patched: the output-capture hooks it adds to
+        a submodule the first time its hidden states or attentions are requested (an adapter may be the first
+        to ask, e.g. for a SigLIP tower's hidden states), with the flag that says they are installed."""
+        before = {
+            module: (set(module._forward_hooks), module.__dict__.get(_CAPTURE_FLAG, _MISSING))
+            for module in model.modules()
+        }
+        self._undo.append(("capture", before))
+
     def add_hook(self, removable: Any) -> Any:
         """Own a ``torch.utils.hooks.RemovableHandle`` (anything with ``remove()``)."""
         self._undo.append(("hook", removable))
@@ -38,6 +62,8 @@ class UndoRecorder:
             try:
                 if kind == "hook":
                     item.remove()
+                elif kind == "capture":
+                    _undo_capture(item)
                 else:
                     obj, name, previous = item
                     if previous is _MISSING:
