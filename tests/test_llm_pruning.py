@@ -155,12 +155,14 @@ def test_decode_steps_after_pruning_follow_the_unpatched_decode_path(four_layers
                 torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4, msg=f"{impl}, step {step}")
 
 
-@pytest.mark.parametrize("method", ["fastv", "todre"])
-def test_manual_decode_loop_after_pruning_equals_generate(four_layers, method):
+@pytest.mark.parametrize("rows", [[1], [1, 1]], ids=["one-prompt", "padded-batch"])
+@pytest.mark.parametrize("method", ["fastv", "todre", "pdrop", "sparsevlm", "dart", "mustdrop"])
+def test_manual_decode_loop_after_pruning_equals_generate(four_layers, method, rows):
     """A caller's own loop (``forward`` with the cache under either keyword) continues an in-LLM-pruned prefill
-    exactly as ``generate`` does."""
+    exactly as ``generate`` does, also for a left-padded batch, where the model's decode mask must be mapped onto
+    each pruned layer's shorter cache (the prefill's ``forward`` built that cache itself)."""
     model = four_layers["sdpa"]
-    inputs = tiny_inputs(model, [1], seed=12)
+    inputs = tiny_inputs(model, rows, seed=12, text_lengths=[3, 8][: len(rows)])
     for keyword in dict.fromkeys([cache_keyword(model), "past_key_values"]):  # this release's, the old one
         with torch.no_grad(), vlmc.compress(model, method, budget=12):
             expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)
@@ -168,7 +170,7 @@ def test_manual_decode_loop_after_pruning_equals_generate(four_layers, method):
             cache, mask = output_cache(out), inputs["attention_mask"]
             tokens = [out.logits[:, -1].argmax(-1)]
             for _ in range(3):
-                mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
+                mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)
                 step = model(
                     input_ids=tokens[-1][:, None], attention_mask=mask, use_cache=True, **{keyword: cache}
                 )

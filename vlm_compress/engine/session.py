@@ -164,7 +164,11 @@ class Session:
         """Key the call's state on the cache it filled, with what a manual decode loop needs to continue it."""
         cache = output_cache(output)
         plan = state.plan
-        if cache is None or plan.unchanged:
+        if cache is None:
+            return
+        if plan.unchanged:
+            if state.pruned is not None:  # in-LLM pruning shortened the later layers' caches (FastV)
+                self.states.bind(cache, state)
             return
         offset = self.adapter.decode_offset(call, plan, positions)
         state.continuation = Continuation(

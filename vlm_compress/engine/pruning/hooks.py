@@ -145,7 +145,9 @@ class LanguageModelPruner:
             self._pass.embeds = embeds
         counts = valid.sum(dim=1).tolist()
         self._pass.layer_positions = {layer: counts for layer in range(self.points[0])}
-        if cache is not None:
+        if cache is not None or self._creates_cache(module, kwargs):
+            # the pruned layers' caches are shorter: record which columns each keeps, for the decode steps
+            # (generate passes its cache; a plain forward with use_cache has the language model create one)
             self._check_window(length)
             call.pruned = self._pass.pruned = PrunedCache(prefill_length=length, prefill_valid=valid)
             self.states.bind(cache, call)
@@ -158,6 +160,14 @@ class LanguageModelPruner:
             valid = valid.repeat_interleave(shape[0] // valid.shape[0], dim=0)
         later = torch.ones(shape[0], shape[1] - valid.shape[1], dtype=torch.bool, device=valid.device)
         return torch.cat([valid, later], dim=1)
+
+    @staticmethod
+    def _creates_cache(module: nn.Module, kwargs: dict[str, Any]) -> bool:
+        """Whether the language model will build a KV cache itself (``use_cache``, else its config's default)."""
+        use_cache = kwargs.get("use_cache")
+        if use_cache is None:
+            use_cache = getattr(getattr(module, "config", None), "use_cache", False)
+        return bool(use_cache)
 
     def _check_window(self, keys: int) -> None:
         """A sliding-window layer's cache keeps only its window: the pruned per-layer caches assume every key stays."""
