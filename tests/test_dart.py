@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vlm_compress as vlmc
+from vlm_compress.engine.cache_compat import output_cache
 from vlm_compress.functional import dart_select
 from vlm_compress.functional.dart import split_evenly
 from vlm_compress.methods.base import resolve_budget
@@ -143,19 +144,25 @@ def test_dart_on_a_tiny_model_prunes_at_layer_k_with_the_functional_selection():
 
     keep_count, layer = 24, 2
     with LayerLengths(model) as probe, vlmc.compress(model, Spy(budget=keep_count, prune_layer=layer)) as run:
-        model(**inputs)
+        out = model(**inputs, use_cache=True)
     ((ctx, keep),) = seen
     assert ctx.layer == layer
-    scores = ctx.hidden_states.float().abs().sum(dim=-1)
+    # the official pivot score: layer K-1's keys after rotary (as its cache holds them), heads concatenated
+    cached = output_cache(out).layers[layer - 1].keys  # [B, Hkv, L, hd]: layer K-1 saw every column
+    keys = cached.transpose(1, 2).flatten(2)
+    torch.testing.assert_close(ctx.keys, keys, rtol=1e-5, atol=1e-6)
+    scores = keys.float().abs().sum(dim=-1)
+    # the official similarity space: the states entering layer K after the language model's final norm
+    states = model.model.language_model.norm(ctx.hidden_states)
     for row, image in ctx.images():
         columns = ctx.image_columns(row, image)
         # the text after the image, up to the prompt's last token (the whole prompt here)
         text = torch.nonzero(ctx.valid[row] & ~ctx.visual[row]).flatten()
         text = text[text > columns[-1]]
         expected = dart_select(
-            ctx.hidden_states[row, columns],
+            states[row, columns],
             scores[row, columns],
-            ctx.hidden_states[row, text],
+            states[row, text],
             scores[row, text],
             keep_count,
         )
@@ -190,8 +197,26 @@ def test_dart_with_the_question_before_the_image_uses_the_prompt_text_as_pivots(
     columns = ctx.image_columns(0, 0)
     text = torch.nonzero(~ctx.visual[0]).flatten()
     assert bool((text < columns[0]).all())  # nothing follows the image: every prompt token may be a pivot
-    scores = ctx.hidden_states.float().abs().sum(dim=-1)[0]
-    states = ctx.hidden_states[0]
+    scores = ctx.keys.float().abs().sum(dim=-1)[0]
+    states = model.model.language_model.norm(ctx.hidden_states)[0]
     expected = dart_select(states[columns], scores[columns], states[text], scores[text], 20)
     assert torch.nonzero(keep[0, columns]).flatten().tolist() == expected.tolist()
     assert run.report.images[0].info["llm_kept"][2] == 20
+
+
+@pytest.mark.parametrize("model_type", vlmc.list_adapters())
+def test_layer_context_keys_are_the_keys_layer_k_minus_1_caches(model_type):
+    """DART's pivot score reads ``LayerContext.keys``: on every family they equal, bit for bit, the post-rotary
+    keys layer K-1 writes to its cache (QK-norm, M-RoPE and Gemma's layer types included)."""
+    model = build_tiny(model_type, seed=5, num_hidden_layers=4)
+    inputs = tiny_inputs(model, [1, 1], seed=5)
+    seen = []
+
+    class Spy(DART):
+        def prune_visual(self, ctx):
+            seen.append(ctx.keys.clone())
+            return super().prune_visual(ctx)
+
+    with vlmc.compress(model, Spy(budget=6, prune_layer=2)):
+        out = model(**inputs, use_cache=True)
+    assert torch.equal(seen[0], output_cache(out).layers[1].keys.transpose(1, 2).flatten(2))

@@ -172,7 +172,8 @@ class LayerContext:
 
     Methods that need more than the last token's row ask lazily (the engine supplies the providers):
     :meth:`query_attention` (attention rows of any query columns, at layer ``layer - 1`` or at ``layer`` itself)
-    and :attr:`input_embeds` (the language model's input embeddings of the current columns). A method that
+    :attr:`input_embeds` (the language model's input embeddings of the current columns) and :attr:`keys` (layer
+    ``layer - 1``'s key states); :attr:`final_norm` is the language model's last norm. A method that
     recycles pruned tokens into merged ones calls :meth:`recycle`; what it computes once per prompt and reuses at
     later pruning layers of the same pass goes into :attr:`scratch`.
     """
@@ -189,6 +190,9 @@ class LayerContext:
     query: torch.Tensor | None = None
     attention_provider: Callable[[torch.Tensor, str], torch.Tensor] | None = field(default=None, repr=False)
     embeds_provider: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+    keys_provider: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+    #: the language model's norm after its last layer (what the LM head reads); ``None`` when it has none
+    final_norm: Any = field(default=None, repr=False)
     recycled: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
     #: image index -> the stage-1 ``Selection`` of that image in this call (its tokens' placement and info)
     selections: dict[int, Any] = field(default_factory=dict, repr=False)
@@ -216,6 +220,16 @@ class LayerContext:
         if self.embeds_provider is None:
             raise MissingSignalError("this layer context carries no input embeddings")
         return self.embeds_provider()
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """``[B, L, H_kv * head_dim]`` layer ``layer - 1``'s key states of every column (key projection, key norm,
+        rotary embedding; heads concatenated), computed on first use."""
+        if self.keys_provider is None:
+            raise RuntimeError("this LayerContext carries no key states (the engine captured no attention input)")
+        if "_keys" not in self.__dict__:
+            self.__dict__["_keys"] = self.keys_provider()
+        return self.__dict__["_keys"]
 
     def recycle(self, row: int, column: int, vector: torch.Tensor) -> None:
         """Keep the visual column ``column`` of ``row`` (one the method drops) with ``vector`` ``[D]`` as its

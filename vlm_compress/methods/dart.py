@@ -28,15 +28,13 @@ class DART(InLLMMethod):
     Defaults are the official scripts' for LLaVA-1.5, LLaVA-NeXT, Qwen2-VL and Qwen2.5-VL alike:
     ``--pruned_layer 2 --pivot_image_token 4 --pivot_text_token 4``.
 
-    **Where this differs from the official code** (:class:`~vlm_compress.views.LayerContext` carries the
-    hidden states entering layer ``K`` and the last token's attention, not layer ``K-1``'s keys nor the
-    language model's final norm):
+    As the official code (``DART_K_norm``): pivots rank by the L1 norm of layer ``K-1``'s key states (after the
+    key norm and rotary, all heads concatenated; :attr:`~vlm_compress.views.LayerContext.keys`), and the
+    cosines compare the states entering layer ``K`` after the language model's final norm
+    (:attr:`~vlm_compress.views.LayerContext.final_norm`, the official ``self.norm``).
 
-    - pivot score: the official code ranks tokens by the L1 norm of layer ``K-1``'s keys (after rotary, all
-      heads concatenated); here by the L1 norm of the hidden states entering layer ``K`` (the output of
-      layer ``K-1``).
-    - similarity: the official code compares those hidden states after the model's final RMSNorm
-      (``self.norm``), whose per-channel weight changes the cosines; here the hidden states as they are.
+    **Where this differs from the official code**:
+
     - counts: the official code gives every pivot ``max_num_trunction // (P_v + P_t)`` tokens (LLaVA:
       ``128 // 8 = 16``, so 4 + 128 = 132 kept) or ``int(N (1 - reduction_ratio) / (P_v + P_t))`` (Qwen);
       here exactly ``budget`` tokens are kept, the visual pivots among them, the rest split as evenly as
@@ -80,8 +78,10 @@ class DART(InLLMMethod):
 
     def prune_visual(self, ctx: LayerContext) -> torch.Tensor:
         keep = torch.zeros_like(ctx.visual)
-        states = ctx.hidden_states
-        scores = states.float().abs().sum(dim=-1)  # [B, L] L1 norm of every column's state
+        # the official code: pivots by the L1 norm of layer K-1's key states, similarities between the layer's
+        # input states after the language model's final norm
+        scores = ctx.keys.float().abs().sum(dim=-1)  # [B, L]
+        states = ctx.hidden_states if ctx.final_norm is None else ctx.final_norm(ctx.hidden_states)
         # the prompt's text: generate without cache appends the generated tokens, which the prompt's last token
         # (the query of ``ctx.attention``) does not see, so the prompt ends at its last attended column
         columns_seen = torch.arange(states.shape[1], device=states.device).expand_as(ctx.visual)

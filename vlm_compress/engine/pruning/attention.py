@@ -31,6 +31,17 @@ def _heads(projection: nn.Module, norm: nn.Module | None, x: torch.Tensor, head_
 
 
 @torch.no_grad()
+def layer_keys(attn: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``[B, L, Hkv * head_dim]`` the key states of the attention block ``attn`` for its input ``hidden``: the
+    key projection, its key norm (QK-norm models) and the rotary embedding, heads concatenated (DART's pivots)."""
+    batch = hidden.shape[0]
+    keys = _heads(attn.k_proj, getattr(attn, "k_norm", None), hidden, attn.head_dim)  # [B, L, Hkv, hd]
+    cos = cos.expand(batch, *cos.shape[1:])[:, :, None]
+    sin = sin.expand(batch, *sin.shape[1:])[:, :, None]
+    return (keys * cos + rotate_half(keys) * sin).flatten(2)
+
+
+@torch.no_grad()
 def query_attention(
     attn: nn.Module,
     hidden: torch.Tensor,

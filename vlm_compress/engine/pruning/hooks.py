@@ -22,7 +22,7 @@ from ...views import LayerContext
 from ..cache_compat import call_cache
 from ..state import CallState, CallStates, PrunedCache, PrunedPass, Segment
 from ..undo import UndoRecorder
-from .attention import queries_attention, query_attention
+from .attention import layer_keys, queries_attention, query_attention
 from .masks import causal_decode_mask, decode_mask, gather_rows, keep_to_columns, layer_inputs
 
 PRUNING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
@@ -76,6 +76,8 @@ class LanguageModelPruner:
         self.states = states
         self.method = method
         self.layers = language_model.layers
+        #: the norm after the last layer (what the LM head reads), for methods that compare states there (DART)
+        self.final_norm = getattr(language_model, "norm", None)
         self.num_layers = len(self.layers)
         points = sorted(set(method.prune_layers(self.num_layers)))
         bad = [p for p in points if not 1 <= p < self.num_layers]
@@ -246,6 +248,8 @@ class LanguageModelPruner:
             query=(columns == state.query_column.to(columns.device)[:, None]).long().argmax(dim=1),
             attention_provider=self._attention_provider(index, hidden, kwargs, state),
             embeds_provider=None if state.embeds is None else lambda: gather_rows(state.embeds, columns, 0.0),
+            keys_provider=self._keys_provider(index, state),
+            final_norm=self.final_norm,
             scratch=state.scratch,
             selections={record.image: record.selection for record in state.call.images},
         )
@@ -292,6 +296,14 @@ class LanguageModelPruner:
             originals = {k: kwargs.get(k) for k in ("position_embeddings", "position_ids", "attention_mask")}
             state.substitutes[key] = layer_inputs(originals, state.columns)
         return state.substitutes[key]
+
+    @staticmethod
+    def _keys_provider(index: int, state: _Pass):
+        """``() -> [B, L, Hkv * hd]``: layer ``index - 1``'s key states of the current columns, on demand."""
+        captured = state.attention_inputs.get(index)
+        if captured is None:
+            return None
+        return lambda: layer_keys(*captured)
 
     def _attention_provider(self, index: int, hidden: torch.Tensor, kwargs: dict[str, Any], state: _Pass):
         """``(queries [B, Q], at) -> [B, Q, L]``: attention rows of layer ``index - 1`` or ``index``, on demand."""
