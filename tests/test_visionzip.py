@@ -101,7 +101,7 @@ def test_split_follows_the_papers_ratio_at_every_reported_budget():
     [
         ({"contextual_ratio": 1.5}, r"visionzip: contextual_ratio must lie in \[0, 1\] \(the paper uses 10 / 64\)"),
         ({"contextual_ratio": "0.2"}, r"visionzip: contextual_ratio must lie in \[0, 1\]"),
-        ({"metric": "keys"}, r"visionzip: metric must be 'vision' or 'projected', got 'keys'"),
+        ({"metric": "queries"}, r"visionzip: metric must be 'keys', 'vision' or 'projected', got 'queries'"),
         ({"merge": "sum"}, r"visionzip: merge must be 'official' or 'mean', got 'sum'"),
         ({"order": "sideways"}, r"visionzip: order must be one of"),
     ],
@@ -118,7 +118,8 @@ def test_method_returns_dominant_then_contextual_merged_features():
     selection = VisionZip(budget=16).select(ctx)  # 16 * 10/64 = 2.5 -> 2 contextual, 14 dominant
     dominant, targets, expected = official_loop(attention, vision, projected, 14, 2)
     assert selection.kept_indices.tolist() == dominant + targets
-    assert selection.info == {"dominant": 14, "contextual": 2}
+    # no key-state signal here (as on Qwen or SigLIP towers): the feature-layer states, and the info says so
+    assert selection.info == {"dominant": 14, "contextual": 2, "metric": "vision"}
     torch.testing.assert_close(selection.features.double(), expected, rtol=1e-6, atol=1e-6)
     selection.validate(36, 6, method="visionzip")
     assert (selection.groups >= 0).all()  # nothing is dropped: every token is kept or merged
@@ -135,7 +136,7 @@ def test_tiny_llava_run_feeds_the_merged_tokens_in_the_official_layout():
 
     class Spy(VisionZip):
         def select(self, ctx):
-            seen.append((ctx.cls_attention.detach(), ctx.vision_features.detach(), ctx.features.detach()))
+            seen.append((ctx.cls_attention.detach(), ctx.vision_keys.detach(), ctx.features.detach()))
             return super().select(ctx)
 
     probe = model.model.language_model.register_forward_pre_hook(
@@ -148,10 +149,37 @@ def test_tiny_llava_run_feeds_the_merged_tokens_in_the_official_layout():
         probe.remove()
     record = run.report.images[0]
     assert run.report.position_ids == "contiguous" and record.tokens_after == 32
-    attention, vision, projected = seen[0]
-    dominant, targets, expected = official_loop(attention, vision, projected, 27, 5)
+    attention, keys, projected = seen[0]
+    assert record.selection.info["metric"] == "keys"  # the official similarity space on a CLIP tower
+    dominant, targets, expected = official_loop(attention, keys, projected, 27, 5)
     assert record.selection.kept_indices.tolist() == dominant + targets  # dominant in image order, then contextual
     # the language model reads exactly those 32 rows, in that order, where the image was
     rows = embeds[0][0]
     start = int(torch.nonzero((rows[:, None, :] == record.selection.features[None, :1]).all(-1))[0, 0])
     torch.testing.assert_close(rows[start : start + 32].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_vision_keys_are_the_feature_blocks_head_mean_keys():
+    """``vision_keys`` (LLaVA-1.5's CLIP tower): layer -2's ``k_proj`` of its ``layer_norm1`` input, as its own
+    forward computes them (captured from the projection), averaged over heads, [CLS] dropped."""
+    model = build_tiny("llava", seed=9)
+    batch = tiny_inputs(model, [1], seed=10)
+    from vlm_compress.adapters.vision_towers import encoder_layers
+
+    block = encoder_layers(model.model.vision_tower)[-2]
+    captured, seen = [], []
+    hook = block.self_attn.k_proj.register_forward_hook(lambda module, args, out: captured.append(out.detach()))
+
+    class Spy(VisionZip):
+        def select(self, ctx):
+            seen.append(ctx.vision_keys.detach())
+            return super().select(ctx)
+
+    try:
+        with vlmc.compress(model, Spy(budget=32)):
+            model(**batch)
+    finally:
+        hook.remove()
+    heads = block.self_attn.num_heads
+    expected = captured[0][0, 1:].view(-1, heads, captured[0].shape[-1] // heads).mean(dim=1)
+    torch.testing.assert_close(seen[0], expected, rtol=1e-6, atol=1e-6)

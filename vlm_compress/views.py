@@ -15,6 +15,8 @@ few *signals* that are computed lazily, the first time a method reads them, and 
 ``text_embedder``         ``str -> [m, D]``: words tokenised without special tokens, LM input embeddings (tokenizer)
 ``padding_mask``          ``[N]`` bool, True for the tokens whose patch lies fully in the band the processor padded
                           to make the image square (LLaVA-1.5 pad-to-square; only when the original size is known)
+``vision_keys``           ``[N, d]`` head-averaged key states of the encoder block that outputs the feature layer
+                          (the LLaVA family's CLIP and SigLIP towers; VisionZip's similarity space)
 ``patch_features``        ``[N, u, Dv]`` the ``u`` encoder patches each merged token is made of (Qwen2-VL's 2x2
                           merger input; ``vision_features`` is their concatenation)
 ========================  ==========================================================================================
@@ -146,6 +148,7 @@ class VisualContext:
     text_embedder = signal("``str -> [m, D]``: words tokenised without special tokens, LM input embeddings.")
     padding_mask = signal("``[N]`` bool: tokens in the band the processor padded (LLaVA-1.5 pad-to-square).")
     patch_features = signal("``[N, u, Dv]`` the encoder patches each merged token is made of (Qwen2-VL).")
+    vision_keys = signal("``[N, d]`` head-mean key states of the feature-layer block (CLIP towers).")
 
 
 @dataclass

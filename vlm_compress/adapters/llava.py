@@ -65,7 +65,7 @@ class LlavaAdapter(Adapter):
     def available_signals(self) -> set[str]:
         signals = {"vision_features", "padding_mask"} | text_signals.available(self.tokenizer)
         if vision_towers.has_cls_token(self.vision_tower):
-            signals |= {"cls_attention", "cls_attention_logits"}
+            signals |= {"cls_attention", "cls_attention_logits", "vision_keys"}
         return signals
 
     @staticmethod

@@ -75,6 +75,19 @@ def cls_attention(
 
 
 @torch.no_grad()
+def feature_keys(vision_tower: nn.Module, hidden_states: tuple[torch.Tensor, ...], feature_layer: int) -> torch.Tensor:
+    """``[I, T, head_dim]`` the key states of the block that outputs the feature layer, averaged over heads
+    (VisionZip's similarity space: its ``raw_key_states.mean(1)``), recomputed from the block's own
+    ``layer_norm1`` and ``k_proj`` on its input ``hidden_states[index - 1]``."""
+    index = feature_layer_index(len(hidden_states), feature_layer)
+    block = encoder_layers(vision_tower)[index - 1]
+    attn = block.self_attn
+    x = block.layer_norm1(hidden_states[index - 1])
+    keys = attn.k_proj(x).view(x.shape[0], x.shape[1], attn.num_heads, attn.head_dim)
+    return keys.mean(dim=2)
+
+
+@torch.no_grad()
 def cls_attention_logits(vision_tower: nn.Module, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Head-averaged *pre-softmax* scaled logits ``q . k / sqrt(d)`` of the [CLS] query at the tower's **last** block.
 
@@ -101,6 +114,7 @@ class ImageSignals(PromptSignals):
         self.drop_cls = strategy == "default"
         self._cls: torch.Tensor | None = None
         self._cls_logits: torch.Tensor | None = None
+        self._keys: torch.Tensor | None = None
         # read right after the encoder pass, before a later pass overwrites what the sources look at
         self._extensions = extension_providers(self)
 
@@ -126,6 +140,7 @@ class ImageSignals(PromptSignals):
             "vision_features": lambda: self.vision_features(image),
             "cls_attention": lambda: self.per_image(image, self.cls_attention()),
             "cls_attention_logits": lambda: self.per_image(image, self.cls_attention_logits()),
+            "vision_keys": lambda: self.per_image(image, self.vision_keys()),
             **self.text_providers(row, columns, is_image),
         }
         for name, provider in self._extensions.items():
@@ -138,6 +153,13 @@ class ImageSignals(PromptSignals):
     def vision_features(self, image: int) -> torch.Tensor:
         layers = [self.hidden_states[layer][image, self._start() :] for layer in self.feature_layers]
         return torch.cat(layers, dim=-1)
+
+    def vision_keys(self) -> torch.Tensor:
+        """``[passes, patches, head_dim]`` head-mean keys of the feature-layer block ([CLS] dropped as the features)."""
+        if self._keys is None:
+            tower = self.adapter.vision_tower
+            self._keys = feature_keys(tower, self.hidden_states, self.feature_layers[-1])[:, self._start() :]
+        return self._keys
 
     def cls_attention(self) -> torch.Tensor:
         if self._cls is None:

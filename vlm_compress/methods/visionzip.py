@@ -18,7 +18,7 @@ from ..views import VisualContext
 from .base import CONTIGUOUS_ON_LLAVA, Budget, Method
 from .validate import check_choice, check_number
 
-METRICS = ("vision", "projected")
+METRICS = ("keys", "vision", "projected")
 
 
 @dataclass
@@ -43,8 +43,10 @@ class VisionZip(Method):
             (``visionzip(model, dominant=54, contextual=10)``).
         contextual_ratio: share of the budget that is contextual tokens, in ``[0, 1]``; default ``10 / 64``, the
             paper's split at every budget it reports (54 + 10 of 64, 108 + 20 of 128, 162 + 30 of 192).
-        metric: features the contextual similarity is measured on: ``"vision"`` (the encoder's feature layer)
-            or ``"projected"`` (the language model's input tokens).
+        metric: features the contextual similarity is measured on: ``"keys"`` (the official choice: the
+            head-averaged key states of the feature-layer block, ``vision_keys``; on a family without them, e.g.
+            Qwen or SigLIP towers, the feature-layer states, noted in ``info["metric"]``), ``"vision"`` (the
+            encoder's feature layer) or ``"projected"`` (the language model's input tokens).
         merge: ``"official"`` (target + mean of its merged tokens, the official code) or ``"mean"`` (the mean
             over the target and its merged tokens).
 
@@ -54,10 +56,10 @@ class VisionZip(Method):
       which it projects and feeds to the language model. The adapters give a method the image's patch tokens
       only (``vision_feature_select_strategy="default"`` drops [CLS]), so all ``budget - C`` dominant tokens
       are patches.
-    - **Similarity metric.** The official code measures the contextual similarity on the attention *keys* of
-      the feature-layer block, averaged over heads (``raw_key_states.mean(1)`` of layer ``-2``). No adapter
-      exposes key states as a signal (they would need that block's input, not its output), so ``metric="vision"``
-      uses the block's output, the feature-layer hidden states (``vision_features``).
+    - **Similarity metric.** As the official code, the contextual similarity is measured on the attention *keys*
+      of the feature-layer block, averaged over heads (``raw_key_states.mean(1)`` of layer ``-2``), recomputed
+      by the adapter (``vision_keys``, CLIP towers). Families without that signal use the feature-layer
+      hidden states (``vision_features``) and say so in ``info["metric"]``.
     - **What is merged.** The official code merges the feature-layer hidden states and then runs the projector
       on the merged tokens. A method sees the projected tokens only and cannot run the projector, so the merge
       is applied to the projected tokens: ``P(h_t) + mean P(h_m)`` instead of ``P(h_t + mean h_m)`` (the
@@ -75,7 +77,7 @@ class VisionZip(Method):
     budget: Budget = 64 / 576
     order: str = "selection"
     contextual_ratio: float = 10 / 64
-    metric: str = "vision"
+    metric: str = "keys"
     merge: str = "official"
 
     name = "visionzip"
@@ -95,7 +97,7 @@ class VisionZip(Method):
             at_most=1,
             expected="must lie in [0, 1] (the paper uses 10 / 64)",
         )
-        check_choice(self.name, "metric", self.metric, METRICS, expected="'vision' or 'projected'")
+        check_choice(self.name, "metric", self.metric, METRICS, expected="'keys', 'vision' or 'projected'")
         check_choice(self.name, "merge", self.merge, MERGES, expected="'official' or 'mean'")
 
     def split(self, k: int) -> tuple[int, int]:
@@ -109,7 +111,12 @@ class VisionZip(Method):
             return self.keep_all(ctx)
         scores = ctx.cls_attention
         num_dominant, num_contextual = self.split(k)
-        metric = ctx.vision_features if self.metric == "vision" else ctx.features
+        used = self.metric
+        if used == "keys" and not ctx.has("vision_keys"):
+            used = "vision"  # Qwen / SigLIP towers: no key-state signal, the feature-layer states instead
+        metric = {"keys": lambda: ctx.vision_keys, "vision": lambda: ctx.vision_features}.get(
+            used, lambda: ctx.features
+        )()
         dominant, targets, assignment = visionzip(scores, metric, num_dominant, num_contextual)
         device = ctx.features.device
         dominant, targets, assignment = dominant.to(device), targets.to(device), assignment.to(device)
@@ -124,5 +131,5 @@ class VisionZip(Method):
             features=features,
             scores=scores,
             groups=groups,
-            info={"dominant": num_dominant, "contextual": num_contextual},
+            info={"dominant": num_dominant, "contextual": num_contextual, "metric": used},
         )
