@@ -236,7 +236,7 @@ def test_synthetic_gemma3_4b_has_the_real_widths():
     from vlm_compress.zoo.synthetic import SYNTHETIC, synthetic_inputs
 
     with torch.device("meta"):
-        model = SYNTHETIC["gemma-3-4b"](6, 2)
+        model = SYNTHETIC["gemma3-4b"](6, 2)
     text, vision = model.config.text_config, model.config.vision_config
     assert (text.hidden_size, text.head_dim, text.sliding_window) == (2560, 256, 1024)
     assert text.layer_types == ["sliding_attention"] * 5 + ["full_attention"]

@@ -162,7 +162,7 @@ SYNTHETIC = {
     "qwen2-vl-7b": _qwen2_vl_7b,
     "qwen3-vl-8b": _qwen3_vl_8b,
     "llava-onevision-7b": lambda *sizes: _family("llava_onevision").llava_onevision_7b(*sizes),
-    "gemma-3-4b": lambda *sizes: _family("gemma3").gemma3_4b(*sizes),
+    "gemma3-4b": lambda *sizes: _family("gemma3").gemma3_4b(*sizes),
     "internvl3-8b": lambda *sizes: _family("internvl").internvl3_8b(*sizes),
 }
 #: the synthetic InternVL image: 896x896 px -> 2x2 crops of 448 px + the thumbnail -> 5 x 256 = 1,280 tokens
