@@ -183,3 +183,11 @@ def test_synthetic_internvl3_8b_has_the_real_widths():
     # 896x896 px: 2x2 crops of 448 px + the thumbnail, 256 tokens each after the pixel shuffle
     assert inputs["pixel_values"].shape == (5, 3, 448, 448)
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 1280
+
+
+def test_placeholder_runs_are_the_lengths_of_each_rows_runs_in_order():
+    from vlm_compress.adapters.placeholders import placeholder_blocks, placeholder_runs
+
+    is_image = torch.tensor([[0, 1, 1, 0, 1, 0, 1], [1, 1, 1, 0, 0, 0, 0], [0] * 7]).bool()
+    assert placeholder_runs(is_image) == [2, 1, 1, 3]
+    assert placeholder_blocks(is_image) == 4

@@ -38,19 +38,7 @@ from ..views import Signals, TokenRegion
 from . import text_signals
 from .internvl_signals import InternVLSignals, shuffle_groups, tile_layout
 from .llava import LlavaAdapter
-from .placeholders import assign_image_slots
-
-
-def placeholder_runs(is_image: torch.Tensor) -> list[int]:
-    """Lengths of the runs of placeholder tokens, row by row (every InternVL image is one run between
-    ``<img>`` and ``</img>``)."""
-    runs = []
-    for row in is_image:
-        padded = torch.nn.functional.pad(row.int(), (1, 1))
-        edges = padded.diff()
-        starts, ends = torch.nonzero(edges == 1).flatten(), torch.nonzero(edges == -1).flatten()
-        runs += (ends - starts).tolist()
-    return runs
+from .placeholders import assign_image_slots, placeholder_runs
 
 
 class InternVLAdapter(LlavaAdapter):
@@ -120,7 +108,7 @@ class InternVLAdapter(LlavaAdapter):
         n, grid = self.tile_tokens, (self.token_side, self.token_side)
 
         def region(tile: int, position=None) -> TokenRegion:
-            owner = f"image {image} " + ("thumbnail" if position is None and tile == count - 1 else f"crop {tile}")
+            owner = f"image {image} " + ("thumbnail" if tile == count - 1 else f"crop {tile}")
             return TokenRegion(
                 indices=torch.arange(tile * n, (tile + 1) * n),
                 grid=grid,

@@ -12,11 +12,23 @@ import torch
 from ..errors import InputMismatchError
 
 
+def _run_edges(is_image: torch.Tensor) -> torch.Tensor:
+    """``[B, L + 1]``: +1 where a run of placeholder tokens starts, -1 just after one ends."""
+    return torch.nn.functional.pad(is_image.int(), (1, 1)).diff(dim=1)
+
+
 def placeholder_blocks(is_image: torch.Tensor) -> int:
     """How many separate runs of placeholder tokens ``is_image [B, L]`` holds (placeholders of two images that
     touch form one run)."""
-    starts = torch.nn.functional.pad(is_image.int(), (1, 0)).diff(dim=1) == 1
-    return int(starts.sum())
+    return int((_run_edges(is_image) == 1).sum())
+
+
+def placeholder_runs(is_image: torch.Tensor) -> list[int]:
+    """The lengths of those runs, row by row and left to right (InternVL: one run per image, between ``<img>``
+    and ``</img>``)."""
+    edges = _run_edges(is_image)
+    starts, ends = torch.nonzero(edges == 1), torch.nonzero(edges == -1)  # row-major: they pair up in order
+    return (ends[:, 1] - starts[:, 1]).tolist()
 
 
 def assign_image_slots(

@@ -53,36 +53,22 @@ def _pad_rows(rows: list[list[int]], padding_side: str) -> tuple[torch.Tensor, t
     return ids, mask
 
 
+#: the widths of every tiny CLIP / SigLIP tower: 2 blocks, 32 wide, 8-px patches
+_TINY_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8)
+
+
 def _tiny_clip_vision(**overrides: Any):
+    """The CLIP tower of the tiny LLaVA family (96-px images unless overridden)."""
     from transformers import CLIPVisionConfig
 
-    params = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=96,
-        patch_size=8,
-    )
-    params.update(overrides)
-    return CLIPVisionConfig(**params)
+    return CLIPVisionConfig(**{**_TINY_TOWER, "image_size": 96, **overrides})
 
 
 def _tiny_siglip_vision(**overrides: Any):
-    """The SigLIP tower of the tiny LLaVA-OneVision and Gemma 3 (no [CLS], no pooling head): 2 blocks, 32 wide."""
+    """The SigLIP tower of the tiny LLaVA-OneVision and Gemma 3 (no [CLS], no pooling head), 32-px images."""
     from transformers import SiglipVisionConfig
 
-    params = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-        vision_use_head=False,
-    )
-    params.update(overrides)
-    return SiglipVisionConfig(**params)
+    return SiglipVisionConfig(**{**_TINY_TOWER, "image_size": 32, "vision_use_head": False, **overrides})
 
 
 def _build_llava(attn_implementation: str, **overrides: Any):
