@@ -4,6 +4,7 @@ and resume, reports, ``vlmc eval``, and two processes under ``accelerate launch`
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shlex
@@ -236,6 +237,13 @@ def test_evaluate_scores_relative_to_full_and_writes_reports(model_and_processor
                                                           ("random", "16")]
     table = markdown_table(results)
     assert "| method | 16 | 64 |" in table and "| random |" in table and "| full (144 tokens) |" in table
+    assert "(% of the uncompressed model's)" in table.splitlines()[0]
+    # without the reference run (--no-full) no cell is relative, and the header says nothing of it
+    alone = dataclasses.replace(
+        results, rows=[dataclasses.replace(r, relative=None) for r in results.rows if r.method != FULL]
+    )
+    header = markdown_table(alone).splitlines()[0]
+    assert header == "pope, 4 samples, f1 by visual-token budget"
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

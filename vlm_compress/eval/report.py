@@ -27,8 +27,10 @@ def markdown_table(results: EvalResults) -> str:
     methods = list(dict.fromkeys(row.method for row in compressed))
     cell = {(row.method, row.budget): row for row in compressed}
     metric = results.primary_metric
+    # the relative figure exists only when the uncompressed reference was run (not with --no-full)
+    relative = " (% of the uncompressed model's)" if any(row.relative is not None for row in compressed) else ""
     lines = [
-        f"{results.task}, {results.num_samples} samples, {metric} (% of the uncompressed model's) by visual-token budget",
+        f"{results.task}, {results.num_samples} samples, {metric}{relative} by visual-token budget",
         "",
         "| method | " + " | ".join(_budget_label(b) for b in budgets) + " |",
         "|---|" + "---:|" * len(budgets),
