@@ -112,10 +112,14 @@ class _Spy(SparseVLM):
     """SparseVLM recording, per pruning layer, the tokens it keeps by score and the ones it recycles."""
 
     log: list
+    hidden: list
 
     def prune_visual(self, ctx):
         keep = super().prune_visual(ctx)
-        self.log.append((ctx.layer, keep.clone(), dict(ctx.recycled), ctx.hidden_states.clone()))
+        survivors, writes = ctx.recycled_slots(keep)
+        recycled = {pair: list(vectors) for pair, vectors in ctx.recycled.items()}
+        self.log.append((ctx.layer, keep.clone(), recycled, survivors, writes, ctx.image_of.clone()))
+        self.hidden.append(ctx.hidden_states.clone())
         return keep
 
 
@@ -125,14 +129,14 @@ def test_report_counts_kept_and_recycled_tokens_per_layer(recycle):
     inputs = tiny_inputs(model, [1, 2], seed=3)
     tokens = int((inputs["input_ids"][0] == TINY_IMAGE_TOKEN_ID).sum())
     spy = _Spy(budget=0.25, pruning_loc=(1, 3), recycle=recycle)
-    spy.log = []
+    spy.log, spy.hidden = [], []
     with vlmc.compress(model, spy) as run:
         model(**inputs)
     counts = sparsevlm_keep_counts(tokens, round(0.25 * tokens), 2)
     assert [layer for layer, *_ in spy.log] == [2, 4]
     dropped = tokens - counts[0]
     recycled = (int(dropped * 0.3) + 1) // 10 + 1 if recycle else 0
-    assert len(spy.log[0][2]) == 3 * recycled  # three images
+    assert sum(len(vectors) for vectors in spy.log[0][2].values()) == 3 * recycled  # three images
     first = {record.info["llm_kept"][2] for record in run.report.images}
     assert first == {counts[0] + recycled}
     positions = run.report.calls[0].layer_positions
@@ -147,20 +151,18 @@ def test_recycled_tokens_equal_a_masked_reference_with_replaced_states():
     model = build_tiny("llava", seed=5, num_hidden_layers=4)
     inputs = tiny_inputs(eager, [2, 1], seed=6)
     spy = _Spy(budget=0.25, pruning_loc=(1,))
-    spy.log = []
+    spy.log, spy.hidden = [], []
     with torch.no_grad(), vlmc.compress(model, spy):
         logits = model(**inputs).logits
-    layer, keep, recycled, _ = spy.log[0]
-    assert recycled
-    for row, column in recycled:
-        keep[row, column] = True
+    layer, _, recycled, keep, writes, _ = spy.log[0]
+    assert recycled and writes
     valid = inputs["attention_mask"].bool()
     visual = inputs["input_ids"] == TINY_IMAGE_TOKEN_ID
     drop = visual & ~keep
 
     def replace(module, args, kwargs):
         hidden = (args[0] if args else kwargs["hidden_states"]).clone()
-        for (row, column), vector in recycled.items():
+        for (row, column), vector in writes.items():
             hidden[row, column] = vector
         return (hidden, *args[1:]), kwargs
 
@@ -175,6 +177,90 @@ def test_recycled_tokens_equal_a_masked_reference_with_replaced_states():
         torch.testing.assert_close(
             logits[b, -survivors.numel() :], reference[b, survivors], atol=2e-5, rtol=1e-4
         )
+
+
+def test_recycled_tokens_follow_the_kept_ones_in_cluster_order():
+    """The official code inserts the merged tokens right after the image's kept visual tokens."""
+    model = build_tiny("llava", seed=3, num_hidden_layers=6)
+    inputs = tiny_inputs(model, [1, 2], seed=3)
+    spy = _Spy(budget=0.25, pruning_loc=(1, 3))
+    spy.log, spy.hidden = [], []
+    with torch.no_grad(), vlmc.compress(model, spy):
+        model(**inputs)
+    hidden_at = spy.hidden
+    for chosen_layer, (_, chosen, recycled, survivors, writes, image_of) in enumerate(spy.log):
+        for (row, image), vectors in recycled.items():
+            columns = torch.nonzero(image_of[row] == image).flatten()
+            slots = columns[survivors[row, columns]]
+            kept = columns[chosen[row, columns]]
+            assert slots.numel() == kept.numel() + len(vectors)
+            tail = slots[kept.numel() :].tolist()
+            for column, vector in zip(tail, vectors):  # the merged tokens, in order, after every kept one
+                assert torch.equal(writes[(row, column)], vector)
+            # the kept tokens fill the slots before, in their order (a kept token moved back carries its state)
+            for slot, column in zip(slots[: kept.numel()].tolist(), kept.tolist()):
+                assert slot == column or torch.equal(
+                    writes[(row, slot)], hidden_at[chosen_layer][row, column]
+                )
+
+
+def _layer_context(keep_row: list[bool], dim: int = 2):
+    from vlm_compress.views import LayerContext
+
+    length = len(keep_row) + 2  # one text column before the image and one after
+    visual = torch.tensor([[False] + [True] * len(keep_row) + [False]])
+    hidden = torch.arange(length * dim, dtype=torch.float32).view(1, length, dim)
+    ctx = LayerContext(
+        layer=1,
+        num_layers=2,
+        hidden_states=hidden,
+        attention=torch.zeros(1, length),
+        visual=visual,
+        image_of=torch.where(visual, 0, -1),
+        valid=torch.ones(1, length, dtype=torch.bool),
+        tokens_before=[len(keep_row)],
+    )
+    keep = torch.zeros(1, length, dtype=torch.bool)
+    keep[0, 1:-1] = torch.tensor(keep_row)
+    return ctx, keep
+
+
+def test_recycled_slots_follow_the_last_kept_token():
+    ctx, keep = _layer_context([True, False, True, False, False, False])  # columns 1..6
+    a, b = torch.tensor([-1.0, -1.0]), torch.tensor([-2.0, -2.0])
+    ctx.recycle(0, 0, a)
+    ctx.recycle(0, 0, b)
+    survivors, writes = ctx.recycled_slots(keep)
+    assert torch.nonzero(survivors[0]).flatten().tolist() == [1, 3, 4, 5]
+    assert set(writes) == {(0, 4), (0, 5)}  # kept tokens stay, merged ones right after column 3
+    assert torch.equal(writes[(0, 4)], a) and torch.equal(writes[(0, 5)], b)
+
+
+def test_recycled_slots_move_the_last_kept_tokens_back_when_none_follow():
+    ctx, keep = _layer_context([False, True, False, False, True, True])  # columns 1..6, the last two kept
+    a, b = torch.tensor([-1.0, -1.0]), torch.tensor([-2.0, -2.0])
+    ctx.recycle(0, 0, a)
+    ctx.recycle(0, 0, b)
+    survivors, writes = ctx.recycled_slots(keep)
+    # slots 2, 3, 4, 5, 6: kept tokens 2, 5, 6 in order into 2, 3, 4; the merged ones into 5 and 6
+    assert torch.nonzero(survivors[0]).flatten().tolist() == [2, 3, 4, 5, 6]
+    assert torch.equal(writes[(0, 3)], ctx.hidden_states[0, 5]) and torch.equal(
+        writes[(0, 4)], ctx.hidden_states[0, 6]
+    )
+    assert torch.equal(writes[(0, 5)], a) and torch.equal(writes[(0, 6)], b)
+    assert (0, 2) not in writes
+
+
+def test_recycle_rejects_what_the_image_cannot_hold():
+    ctx, keep = _layer_context([True, False, True])
+    ctx.recycle(0, 0, torch.zeros(2))
+    ctx.recycle(0, 0, torch.zeros(2))
+    with pytest.raises(ValueError, match="image 0 of row 0 drops 1 tokens but recycles 2"):
+        ctx.recycled_slots(keep)
+    with pytest.raises(ValueError, match=r"a merged token must be \[2\], got \(3,\)"):
+        ctx.recycle(0, 0, torch.zeros(3))
+    with pytest.raises(ValueError, match="image 1 has no visual column in row 0"):
+        ctx.recycle(0, 1, torch.zeros(2))
 
 
 @pytest.mark.parametrize("schedule", ["fixed", "rank"])

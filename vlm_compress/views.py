@@ -139,8 +139,12 @@ class VisualContext:
 
     # the signals of the table in this module's docstring
     vision_features = signal("``[N, Dv]`` the vision encoder's feature-layer outputs (pre-projector).")
-    cls_attention = signal("``[N]`` head-averaged attention of the encoder's [CLS] query at the feature layer.")
-    cls_attention_logits = signal("``[N]`` head-averaged pre-softmax [CLS] logits at the encoder's last block.")
+    cls_attention = signal(
+        "``[N]`` head-averaged attention of the encoder's [CLS] query at the feature layer."
+    )
+    cls_attention_logits = signal(
+        "``[N]`` head-averaged pre-softmax [CLS] logits at the encoder's last block."
+    )
     text_embeds = signal("``[T, D]`` the prompt's text tokens in the LM embedding space.")
     text_ids = signal("``[T]`` the ids of those text tokens.")
     prompt_text = signal("the prompt's text (needs a tokenizer).")
@@ -196,7 +200,8 @@ class LayerContext:
     keys_provider: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
     #: the language model's norm after its last layer (what the LM head reads); ``None`` when it has none
     final_norm: Any = field(default=None, repr=False)
-    recycled: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    #: ``(row, image)`` -> the merged tokens ``[D]`` a method recycled there, in order (see :meth:`recycle`)
+    recycled: dict[tuple[int, int], list[torch.Tensor]] = field(default_factory=dict, repr=False)
     #: image index -> the stage-1 ``Selection`` of that image in this call (its tokens' placement and info)
     selections: dict[int, Any] = field(default_factory=dict, repr=False)
     #: one dict per language-model pass, shared by its pruning layers (what a method computes once per prompt)
@@ -229,17 +234,61 @@ class LayerContext:
         """``[B, L, H_kv * head_dim]`` layer ``layer - 1``'s key states of every column (key projection, key norm,
         rotary embedding; heads concatenated), computed on first use."""
         if self.keys_provider is None:
-            raise RuntimeError("this LayerContext carries no key states (the engine captured no attention input)")
+            raise RuntimeError(
+                "this LayerContext carries no key states (the engine captured no attention input)"
+            )
         if "_keys" not in self.__dict__:
             self.__dict__["_keys"] = self.keys_provider()
         return self.__dict__["_keys"]
 
-    def recycle(self, row: int, column: int, vector: torch.Tensor) -> None:
-        """Keep the visual column ``column`` of ``row`` (one the method drops) with ``vector`` ``[D]`` as its
-        hidden state: a merged token that takes the dropped token's slot (its position id and causal order)."""
-        if not bool(self.visual[row, column]):
-            raise ValueError(f"recycle: column {column} of row {row} is not a visual column")
-        self.recycled[(row, column)] = vector
+    def recycle(self, row: int, image: int, vector: torch.Tensor) -> None:
+        """Add a merged token ``vector`` ``[D]`` to ``image`` in ``row``: it enters the next layer right after the
+        image's kept visual tokens (after the ones recycled before it), where SparseVLM's official code inserts
+        them. It occupies one of the image's dropped slots (see :meth:`recycled_slots`)."""
+        if not bool((self.image_of[row] == image).any()):
+            raise ValueError(f"recycle: image {image} has no visual column in row {row}")
+        if vector.shape != self.hidden_states.shape[-1:]:
+            raise ValueError(
+                f"recycle: a merged token must be [{self.hidden_states.shape[-1]}], got {tuple(vector.shape)}"
+            )
+        self.recycled.setdefault((row, image), []).append(vector)
+
+    def recycled_slots(self, keep: torch.Tensor) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor]]:
+        """Where the recycled tokens go, given the method's visual ``keep`` mask ``[B, L]``.
+
+        Returns the mask of the columns that survive and the hidden state each rewritten ``(row, column)`` gets.
+        An image with ``k`` kept tokens and ``r`` recycled ones keeps ``k + r`` of its columns: its kept ones and
+        the ``r`` dropped ones right after its last kept token. Where fewer than ``r`` columns follow that token,
+        the dropped columns nearest before it make up the rest, and the kept tokens behind them move back one
+        slot each, so the kept tokens stay in their order and the recycled ones come after all of them (they take
+        those slots' position ids and causal order). A slot count the image cannot hold is an error.
+        """
+        keep = keep.clone()
+        writes: dict[tuple[int, int], torch.Tensor] = {}
+        for (row, image), vectors in self.recycled.items():
+            columns = self.image_columns(row, image)
+            kept = keep[row, columns]
+            if len(vectors) > int((~kept).sum()):
+                raise ValueError(
+                    f"recycle: image {image} of row {row} drops {int((~kept).sum())} tokens but recycles "
+                    f"{len(vectors)}"
+                )
+            last = int(torch.nonzero(kept).max()) if bool(kept.any()) else -1
+            order = torch.arange(columns.numel(), device=columns.device)
+            after = order[~kept & (order > last)][: len(vectors)]
+            short = len(vectors) - after.numel()
+            before = order[~kept & (order < last)]
+            before = before[before.numel() - short :] if short else before[:0]
+            slots = columns[torch.cat([order[kept], before, after]).sort().values].tolist()
+            sources = columns[kept].tolist() + [None] * len(vectors)  # kept tokens in order, then the merged
+            merged = iter(vectors)
+            for slot, source in zip(slots, sources):
+                if source is None:
+                    writes[(row, slot)] = next(merged)
+                elif source != slot:  # a kept token moved back to make room
+                    writes[(row, slot)] = self.hidden_states[row, source]
+            keep[row, torch.tensor(slots, device=keep.device)] = True
+        return keep, writes
 
     def image_columns(self, row: int, image: int) -> torch.Tensor:
         """Columns of ``row`` that hold tokens of ``image`` (ascending)."""

@@ -148,6 +148,8 @@ class Method:
         full = [image for image, n in enumerate(ctx.tokens_before) if self.full_budget(n, image)]
         if not full or keep.dtype != torch.bool or keep.shape != ctx.image_of.shape:
             return keep  # nothing to add, or a wrong result the caller reports as it is
+        for pair in [pair for pair in ctx.recycled if pair[1] in full]:
+            del ctx.recycled[pair]  # the image stays as it is: nothing merged into it either
         return keep | torch.isin(ctx.image_of, torch.tensor(full, device=ctx.image_of.device))
 
     def prune_visual(self, ctx: LayerContext) -> torch.Tensor:

@@ -56,8 +56,11 @@ class SparseVLM(InLLMMethod):
 
     * Position ids: the released v1.0 path renumbers the shortened sequence contiguously; its v2.0 path
       ("Keep Position ID") and the in-LLM pruner keep the original ids.
-    * A recycled token takes the slot (position id, causal order) of its cluster's centre, one of the tokens it
-      merges; the official code inserts the merged tokens right after the kept visual tokens.
+    * Recycled tokens follow the image's kept visual tokens, in cluster order, as the official code inserts them;
+      they take the image's dropped slots right after its last kept token, so the KV cache stays one of the
+      prompt's columns (:meth:`~vlm_compress.views.LayerContext.recycled_slots`; when too few slots follow it,
+      the last kept tokens move back). Their position ids are those slots' (the official ``1_0`` code renumbers
+      the whole sequence).
     * Raters are the prompt's text tokens after the image, up to the prompt's last token (generated tokens
       never rate); a prompt with no rater (a single text token after the image) uses its last token.
     * Ties (scores, densities) go to the lower index; the official DPC-kNN breaks density ties with noise.
@@ -180,7 +183,7 @@ class SparseVLM(InLLMMethod):
         candidates = dropped[_sorted_topk(scores[dropped], count)]
         clusters = count // 10 + 1
         tokens = ctx.hidden_states[row, columns[candidates]]
-        centers, assignment = density_peak_clusters(tokens, clusters)
-        merged = merge_by_groups(tokens, assignment, clusters)
-        for cluster, center in enumerate(centers.tolist()):
-            ctx.recycle(row, int(columns[candidates[center]]), merged[cluster])
+        _, assignment = density_peak_clusters(tokens, clusters)
+        image = int(ctx.image_of[row, columns[0]])
+        for vector in merge_by_groups(tokens, assignment, clusters):  # by descending centre score
+            ctx.recycle(row, image, vector)

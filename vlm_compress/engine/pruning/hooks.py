@@ -260,10 +260,10 @@ class LanguageModelPruner:
                 f"{self.method.name}.prune must return a bool tensor of shape {tuple(visual.shape)}, "
                 f"got {keep_visual.dtype} {tuple(keep_visual.shape)}"
             )
-        if context.recycled:  # merged tokens take the slots of dropped ones
-            keep_visual, hidden = keep_visual.clone(), hidden.clone()
-            for (row, column), vector in context.recycled.items():
-                keep_visual[row, column] = True
+        if context.recycled:  # merged tokens follow their image's kept ones, in dropped slots
+            keep_visual, writes = context.recycled_slots(keep_visual)
+            hidden = hidden.clone()
+            for (row, column), vector in writes.items():
                 hidden[row, column] = vector.to(hidden.dtype)
             args = (hidden, *args[1:]) if args else args
             if not args:
