@@ -118,7 +118,9 @@ def test_default_budget_is_the_official_subset_ratio():
 
 
 def test_hyperparameters_are_checked():
-    with pytest.raises(ValueError, match=r"divprune: feature_space must be 'projected' or 'vision', got 'text'"):
+    with pytest.raises(
+        ValueError, match=r"divprune: feature_space must be 'projected' or 'vision', got 'text'"
+    ):
         DivPrune(feature_space="text")
     with pytest.raises(ValueError, match=r"divprune: order must be one of"):
         vlmc.get_method("divprune", order="sideways")
@@ -133,7 +135,9 @@ def test_method_selects_on_the_chosen_features_and_keeps_image_order():
     selection = DivPrune(budget=8).select(ctx)
     assert selection.kept_indices.tolist() == paper_loop(projected, 8)
     assert selection.features is None and selection.scores is None
-    assert DivPrune(budget=8, feature_space="vision").select(ctx).kept_indices.tolist() == paper_loop(vision, 8)
+    assert DivPrune(budget=8, feature_space="vision").select(ctx).kept_indices.tolist() == paper_loop(
+        vision, 8
+    )
     assert selection.ordered("original").kept_indices.tolist() == sorted(paper_loop(projected, 8))
     assert torch.equal(DivPrune(budget=1.0).select(ctx).kept_indices, torch.arange(30))
 
@@ -157,3 +161,42 @@ def test_tiny_llava_run_keeps_the_diverse_subset_with_contiguous_positions():
     with vlmc.compress(model, "divprune") as run:  # the default ratio: round(0.098 * 144) = 14
         model(**inputs)
     assert [r.tokens_after for r in run.report.images] == [14, 14]
+
+
+@pytest.mark.parametrize("model_type", ["llava_next", "llava_onevision"])
+def test_anyres_candidates_are_the_whole_block_newlines_included(model_type):
+    """The official code searches the image's block as the language model reads it, newlines included: the
+    compressed block must be exactly the paper's greedy over the unpatched model's block, in block order."""
+    model = build_tiny(model_type, seed=3)
+    inputs = tiny_inputs(model, [1], seed=0, text_lengths=[3])  # thumbnail + crops
+    embeds = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: embeds.append(kwargs["inputs_embeds"][0].clone()), with_kwargs=True
+    )
+    image = inputs["input_ids"][0] == model.config.image_token_id
+    try:
+        with torch.no_grad():
+            model(**inputs)
+            block = embeds.pop()[image]
+            with vlmc.compress(model, DivPrune(budget=12)) as run:
+                model(**inputs)
+    finally:
+        hook.remove()
+    picks = sorted(paper_loop(block, 12))
+    compressed = embeds.pop()
+    start = int(torch.nonzero(image).min())
+    torch.testing.assert_close(compressed[start : start + 12], block[picks], rtol=0, atol=0)
+    assert compressed.shape[0] == inputs["input_ids"].shape[1] - int(image.sum()) + 12
+    newline = model.model.image_newline.detach()
+    chosen_newlines = sum(bool(torch.equal(block[p], newline.to(block.dtype))) for p in picks)
+    record = run.report.images[0]
+    assert record.info["newlines"] == chosen_newlines == 1  # the copies of one vector: one of them at most
+    assert record.tokens_after == 12 - chosen_newlines  # the record counts content tokens
+
+
+def test_newline_candidates_are_left_out_in_the_vision_feature_space():
+    model = build_tiny("llava_next", seed=3)
+    inputs = tiny_inputs(model, [1], seed=0, text_lengths=[3])
+    with torch.no_grad(), vlmc.compress(model, DivPrune(budget=12, feature_space="vision")) as run:
+        model(**inputs)
+    assert "newlines" not in run.report.images[0].info

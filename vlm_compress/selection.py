@@ -31,6 +31,8 @@ class Selection:
         info: free-form details a method wants to surface in the report (e.g. a solved ratio).
         keep_newlines: AnyRes layouts (LLaVA-NeXT): ``True`` keeps the newline token of every grid row that keeps
             a token; ``False`` drops every newline (MMTok's official layout). Ignored by other models.
+        newline_rows: AnyRes layouts: ``[R]`` indices of the grid rows whose newline token survives (the
+            method chose them among its candidates, DivPrune); overrides ``keep_newlines``. Ignored elsewhere.
     """
 
     kept_indices: torch.Tensor
@@ -39,6 +41,7 @@ class Selection:
     groups: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
     keep_newlines: bool = True
+    newline_rows: torch.Tensor | None = None
 
     @property
     def num_kept(self) -> int:
@@ -112,6 +115,7 @@ class Selection:
             groups=groups,
             info=dict(self.info),
             keep_newlines=self.keep_newlines,
+            newline_rows=self.newline_rows,
         )
 
     def kept_mask(self, num_tokens: int) -> torch.Tensor:

@@ -153,6 +153,10 @@ class VisualContext:
     padding_mask = signal("``[N]`` bool: tokens in the band the processor padded (LLaVA-1.5 pad-to-square).")
     patch_features = signal("``[N, u, Dv]`` the encoder patches each merged token is made of (Qwen2-VL).")
     vision_keys = signal("``[N, d]`` head-mean key states of the feature-layer block (CLIP towers).")
+    newlines = signal("``[H, D]`` the image's newline tokens, one per grid row (AnyRes layouts).")
+    newline_slots = signal(
+        "``[H]`` how many content tokens precede each newline in the image's block (AnyRes)."
+    )
 
 
 @dataclass

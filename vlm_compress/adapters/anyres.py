@@ -71,6 +71,15 @@ def anyres_layout(image_size: Any, grid_pinpoints: list, encoder_size: int, side
     )
 
 
+def newline_providers(block: torch.Tensor, layout: AnyResLayout) -> dict[str, Any]:
+    """The ``newlines`` (``[H, D]`` the block's newline tokens) and ``newline_slots`` (``[H]`` how many content
+    tokens precede each in the block) signals of one image."""
+    return {
+        "newlines": lambda: block[layout.newlines.to(block.device)],
+        "newline_slots": lambda: torch.searchsorted(layout.content, layout.newlines),
+    }
+
+
 @dataclass
 class AnyResSlot(ImageSlot):
     """An :class:`ImageSlot` that also knows the image's AnyRes layout and its packed features (newlines included)."""

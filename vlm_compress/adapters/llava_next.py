@@ -38,9 +38,9 @@ import torch
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from ..engine.sequence import ImageSlot
-from ..errors import InputMismatchError, UnsupportedModelError
+from ..errors import InputMismatchError, InvalidFeaturesError, UnsupportedModelError
 from ..views import Signals, TokenRegion
-from .anyres import AnyResLayout, AnyResSignals, AnyResSlot, anyres_layout
+from .anyres import AnyResLayout, AnyResSignals, AnyResSlot, anyres_layout, newline_providers
 from .llava import LlavaAdapter
 from .placeholders import assign_image_slots
 
@@ -50,8 +50,8 @@ class LlavaNextAdapter(LlavaAdapter):
         return None
 
     def available_signals(self) -> set[str]:
-        # AnyRes crops the image instead of padding it to a square
-        return super().available_signals() - {"padding_mask"}
+        # AnyRes crops the image instead of padding it to a square, and closes every grid row with a newline
+        return super().available_signals() - {"padding_mask"} | {"newlines", "newline_slots"}
 
     def encode(self, call: dict[str, Any], is_image: torch.Tensor) -> list[ImageSlot]:
         pixel_values = call.pop("pixel_values")
@@ -87,7 +87,7 @@ class LlavaNextAdapter(LlavaAdapter):
                     f"image {i}: the model packed {block.shape[0]} tokens but its size {image_sizes[i].tolist()} "
                     f"implies {layout.num_tokens}; check image_sizes and image_grid_pinpoints"
                 )
-            providers = signals.providers(i, row, columns, is_image)
+            providers = {**signals.providers(i, row, columns, is_image), **newline_providers(block, layout)}
             thumbnail = TokenRegion(
                 indices=torch.arange(layout.thumbnail_tokens),
                 grid=(side, side),
@@ -148,7 +148,17 @@ class LlavaNextAdapter(LlavaAdapter):
         in_thumbnail = kept < layout.thumbnail_tokens
         in_grid = ~in_thumbnail
         rows_kept = torch.unique(layout.grid_row[kept[in_grid]])
-        newlines = layout.newlines[rows_kept if selection.keep_newlines else rows_kept[:0]]
+        if selection.newline_rows is not None:  # the method chose the newlines itself (DivPrune)
+            rows_kept = selection.newline_rows.cpu()
+            if rows_kept.numel() and not (
+                int(rows_kept.min()) >= 0 and int(rows_kept.max()) < layout.newlines.numel()
+            ):
+                raise InvalidFeaturesError(
+                    f"newline_rows must index the image's {layout.newlines.numel()} newlines, got {rows_kept.tolist()}"
+                )
+        elif not selection.keep_newlines:
+            rows_kept = rows_kept[:0]
+        newlines = layout.newlines[rows_kept]
         grid_positions = torch.cat([layout.content[kept[in_grid]], newlines])
         grid_features = torch.cat([features[in_grid.to(features.device)], packed[newlines.to(packed.device)]])
         order = torch.argsort(grid_positions)

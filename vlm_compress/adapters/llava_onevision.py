@@ -38,6 +38,7 @@ from ..engine.sequence import ImageSlot
 from ..errors import InputMismatchError, UnsupportedModelError
 from ..views import Signals, TokenRegion
 from . import siglip
+from .anyres import newline_providers
 from .llava_next import AnyResLayout, AnyResSignals, AnyResSlot, LlavaNextAdapter, anyres_layout
 from .placeholders import assign_image_slots
 
@@ -174,7 +175,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
                 i,
                 row,
                 block[layout.content.to(block.device)],
-                signals.providers(i, row, columns, is_image),
+                {**signals.providers(i, row, columns, is_image), **newline_providers(block, layout)},
                 grid=None if cropped[i] else (side, side),
                 thumbnail=thumbnail,
                 crops=crops,
@@ -186,7 +187,10 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         """LLaVA-NeXT's layout; an uncropped image (multi-image prompt) keeps its closing newline."""
         columns, features = super().kept_layout(slot)
         layout = slot.layout
-        if layout.content.numel() > layout.thumbnail_tokens or not slot.selection.keep_newlines:
+        selection = slot.selection
+        if layout.content.numel() > layout.thumbnail_tokens or not selection.keep_newlines:
+            return columns, features
+        if selection.newline_rows is not None:  # the method chose the newline itself
             return columns, features
         newline = slot.columns[layout.newlines.to(slot.columns.device)]
         if bool(torch.isin(newline, columns).any()):
