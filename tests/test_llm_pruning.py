@@ -190,6 +190,19 @@ def test_fastv_generate_with_cache_equals_without(four_layers, padding_side):
     assert torch.equal(cached[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
 
 
+@pytest.mark.parametrize(("method", "kwargs"), [("todre", {}), ("fastv", {}), ("pdrop", {})])
+def test_right_padded_generate_with_cache_equals_without(method, kwargs):
+    """Right padding puts a short row's padding between its prompt and the tokens generate appends: without a
+    cache those tokens must stay last, after the padding, as a cached decode step appends them."""
+    model = build_tiny("llava", seed=3)
+    inputs = tiny_inputs(model, [1, 1], padding_side="right", seed=4, text_lengths=[3, 9])
+    assert not bool(inputs["attention_mask"][0, -1])  # the first row ends in padding
+    with vlmc.compress(model, method, budget=0.25, **kwargs):
+        cached = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        uncached = model.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
 def test_fastv_full_budget_is_exact(four_layers):
     model = four_layers["sdpa"]
     inputs = tiny_inputs(model, [2, 1], seed=8)
@@ -233,3 +246,14 @@ def test_prune_layer_must_fit_the_model(four_layers):
     with pytest.raises(ValueError, match="pruning layers must lie in 1..3"):
         vlmc.patch(four_layers["sdpa"], "fastv", prune_layer=4)
     assert vlmc.active_handle(four_layers["sdpa"]) is None
+
+
+def test_keep_to_columns_packs_the_prompt_and_leaves_the_generated_tail_last():
+    from vlm_compress.engine.pruning.masks import keep_to_columns
+
+    keep = torch.tensor([[1, 0, 1, 0, 0, 1, 1], [1, 1, 1, 1, 0, 1, 1]], dtype=torch.bool)
+    assert keep_to_columns(keep, "right").tolist() == [[0, 2, 5, 6, -1, -1], [0, 1, 2, 3, 5, 6]]
+    assert keep_to_columns(keep, "left").tolist() == [[-1, -1, 0, 2, 5, 6], [0, 1, 2, 3, 5, 6]]
+    # the last two columns were generated: they follow the prompt's padding
+    assert keep_to_columns(keep, "right", tail=2).tolist() == [[0, 2, -1, -1, 5, 6], [0, 1, 2, 3, 5, 6]]
+    assert keep_to_columns(keep, "left", tail=2).tolist() == [[-1, -1, 0, 2, 5, 6], [0, 1, 2, 3, 5, 6]]

@@ -47,6 +47,7 @@ class _Pass:
     #: point -> (attention block, its input, cos, sin) at layer ``point - 1``, for multi-query attention
     attention_inputs: dict[int, tuple] = field(default_factory=dict)
     embeds: torch.Tensor | None = None  # [B, L0, D] the language model's input embeddings
+    generated: int = 0  # generate without cache: the tokens after the prompt (they stay last, see keep_to_columns)
     #: the method's, shared by this pass's pruning layers
     scratch: dict[str, Any] = field(default_factory=dict)
     layer_positions: dict[int, list[int]] = field(default_factory=dict)
@@ -143,6 +144,7 @@ class LanguageModelPruner:
         self._pass = _Pass(decode=False, call=call, valid=valid, image_of=image_of, columns=columns)
         call.layer_columns = None
         self._pass.query_column = query_column
+        self._pass.generated = length - prompt
         if isinstance(embeds, torch.Tensor) and embeds.is_floating_point():
             self._pass.embeds = embeds
         counts = valid.sum(dim=1).tolist()
@@ -274,7 +276,7 @@ class LanguageModelPruner:
                 kwargs if not state.pruned_before else {**kwargs, **self._layer_inputs(state, kwargs)}
             )
         keep = valid & (~visual | keep_visual)
-        chosen = keep_to_columns(keep, plan.padding_side)
+        chosen = keep_to_columns(keep, plan.padding_side, tail=state.generated)
         hidden = gather_rows(hidden, chosen, 0.0)
         new_columns = torch.where(chosen >= 0, gather_rows(columns, chosen, -1), torch.full_like(chosen, -1))
         state.columns = state.call.layer_columns = new_columns

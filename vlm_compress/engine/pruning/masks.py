@@ -25,17 +25,24 @@ def gather_rows(x: torch.Tensor, columns: torch.Tensor, pad_value: float = 0.0) 
     return out
 
 
-def keep_to_columns(keep: torch.Tensor, side: str) -> torch.Tensor:
-    """``keep [B, L]`` bool -> ``[B, K]`` indices of kept columns per row, padded with ``-1`` on ``side``."""
-    counts = keep.sum(dim=1)
+def keep_to_columns(keep: torch.Tensor, side: str, tail: int = 0) -> torch.Tensor:
+    """``keep [B, L]`` bool -> ``[B, K]`` indices of kept columns per row, padded with ``-1`` on ``side``.
+
+    The last ``tail`` columns (the tokens ``generate`` without a cache appends to the prompt) are all kept and
+    stay last, after the prompt's padding, where a cached decode step puts them: after the pruned prompt cache.
+    """
+    head = keep[:, : keep.shape[1] - tail]
+    counts = head.sum(dim=1)
     width = int(counts.max())
-    out = torch.full((keep.shape[0], width), -1, dtype=torch.long, device=keep.device)
+    out = torch.full((keep.shape[0], width + tail), -1, dtype=torch.long, device=keep.device)
     for b in range(keep.shape[0]):
-        kept = torch.nonzero(keep[b]).flatten()
+        kept = torch.nonzero(head[b]).flatten()
         if side == "left":
-            out[b, width - kept.numel() :] = kept
+            out[b, width - kept.numel() : width] = kept
         else:
             out[b, : kept.numel()] = kept
+    if tail:
+        out[:, width:] = torch.arange(keep.shape[1] - tail, keep.shape[1], device=keep.device)
     return out
 
 
