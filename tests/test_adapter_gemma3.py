@@ -225,6 +225,38 @@ def test_the_real_processor_and_chat_template_go_through(model):
     assert torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
 
 
+def test_pan_and_scan_crops_are_images_of_their_own(model):
+    """Pan & Scan: the processor adds crops of a wide image after the original, each its own image block."""
+    from PIL import Image
+
+    processor = tiny_gemma3_processor(model)
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "w1 w2"}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    options = {"pan_and_scan_min_crop_size": 32, "pan_and_scan_max_num_crops": 4}
+    options["pan_and_scan_min_ratio_to_activate"] = 1.2
+    inputs = processor(
+        images=Image.new("RGB", (400, 100), (200, 30, 60)),
+        text=prompt,
+        return_tensors="pt",
+        do_pan_and_scan=True,
+        **options,
+    )
+    passes = inputs["pixel_values"].shape[0]
+    assert passes > 1 and int(inputs["token_type_ids"].sum()) == 16 * passes  # the original and its crops
+    reference = model(**inputs).logits
+    with vlmc.compress(model, "uniform", budget=1.0):
+        assert torch.equal(model(**inputs).logits, reference)
+    with vlmc.compress(model, "uniform", budget=6) as run:
+        model(**inputs)
+    assert [(r.image, r.tokens_before, r.tokens_after) for r in run.report.images] == [
+        (i, 16, 6) for i in range(passes)
+    ]
+    with vlmc.compress(model, "fastv", budget=6):
+        cached = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        uncached = model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
 def test_in_llm_pruning_past_the_sliding_window_is_a_clear_error():
     model = build_tiny("gemma3", seed=3, sliding_window=24)
     inputs = tiny_inputs(model, [2], seed=1)
