@@ -233,7 +233,7 @@ class VisionZip(Method):
         ``[CLS], dominant, contextual``; then, over the crops, every crop's dominant patches in the image's order,
         the crops' [CLS] tokens, the crops' contextual tokens (``restore_image_features_sorted``)."""
         device = ctx.features.device
-        # (kept indices, features, local group rows) per block, in the order the blocks are laid out
+        # (kept indices, features) per block: the first pass's, then the crops' dominant, [CLS] and contextual blocks
         head, dominant, cls, contextual = [], [], [], []
         for p, (index, part) in enumerate(zip(regions, parts)):
             slot, dom, targets, feats = part["cls_slot"], part["dominant"], part["targets"], part["features"]

@@ -116,11 +116,10 @@ class VisPruner(Method):
         (the official ``encode_images`` over the stacked passes, and its ``spatial`` merge without un-padding)."""
         counts = split_budget(k, [int(index.numel()) for index in regions])
         vision = ctx.vision_features
-        kept, important_total = [], 0
+        kept, important_total, diverse_total = [], 0, 0
         for index, count in zip(regions, counts):
             if count == index.numel():
-                kept.append(index)
-                important_total += count
+                kept.append(index)  # a pass whose share holds all its tokens keeps them as they are
             elif count > 0:
                 num_important, num_diverse = self.split(count)
                 local = index.to(scores.device)
@@ -129,9 +128,13 @@ class VisPruner(Method):
                 )
                 kept.append(index[torch.cat([important, diverse]).to(index.device)])
                 important_total += num_important
+                diverse_total += num_diverse
+        info = {"important": important_total, "diverse": diverse_total, "per_subimage": counts}
+        if important_total + diverse_total < k:
+            info["kept_whole"] = k - important_total - diverse_total
         return Selection(
             kept_indices=torch.cat(kept),
             scores=scores,
-            info={"important": important_total, "diverse": k - important_total, "per_subimage": counts},
+            info=info,
             keep_newlines=False,
         )
