@@ -9,7 +9,7 @@ import torch
 import vlm_compress as vlmc
 from vlm_compress.functional import conditional_kernel, dpp_map, dpp_map_reference, instruction_relevance
 from vlm_compress.functional.cdpruner import GAIN_TOLERANCE
-from vlm_compress.methods.base import resolve_budget
+from vlm_compress.methods.base import resolve_budget, split_budget
 from vlm_compress.methods.cdpruner import CDPruner
 from vlm_compress.zoo.synthetic import TINY_IMAGE_TOKEN_ID, build_tiny, tiny_inputs
 
@@ -169,6 +169,7 @@ def _spy(seen: dict) -> type[CDPruner]:
     class Spy(CDPruner):
         def select(self, ctx):
             seen["features"], seen["text"] = ctx.features, self.text_tokens(ctx)
+            seen["thumbnail"], seen["crops"] = ctx.thumbnail, ctx.crops
             return super().select(ctx)
 
     return Spy
@@ -202,3 +203,39 @@ def test_cdpruner_embeds_the_question_without_the_benchmark_suffix():
     words = tokenizer.convert_tokens_to_ids("What colour is the small star ?".split())
     torch.testing.assert_close(seen["text"], model.get_input_embeddings()(torch.tensor(words)))
     assert run.report.images[0].tokens_after == 16
+
+
+def test_cdpruner_selects_per_subimage_and_drops_newlines_on_llava_next():
+    model = build_tiny("llava_next", seed=3)
+    inputs = tiny_inputs(model, [1], seed=0, text_lengths=[3])  # 40 x 70 px: thumbnail + 2x2 crops
+    seen, lengths = {}, []
+    probe = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    try:
+        with vlmc.compress(model, _spy(seen)(budget=20)) as run:
+            model(**inputs)
+        with vlmc.compress(model, _spy({})(budget=20, per_subimage=False)) as former:
+            model(**inputs)
+    finally:
+        probe.remove()
+    record = run.report.images[0]
+    features, text = seen["features"], seen["text"]
+    regions = [seen["thumbnail"], *seen["crops"]]
+    counts = split_budget(20, [int(region.indices.numel()) for region in regions])
+    assert counts == [4] * 5 and record.info["per_subimage"] == counts
+    # the relevance is min-max normalised over the image (the official code: over the batch of its passes),
+    # then every pass runs its own DPP on its own tokens
+    relevance = instruction_relevance(features, text)
+    expected = []
+    for region in regions:
+        index = region.indices
+        kernel = conditional_kernel(features[index], relevance[index])
+        expected += index[dpp_map(kernel, 4)].tolist()
+    assert record.kept_indices == sorted(expected)
+    text_tokens = inputs["input_ids"].shape[1] - int((inputs["input_ids"] == TINY_IMAGE_TOKEN_ID).sum())
+    assert lengths[0] == text_tokens + 20  # the official spatial merge keeps no newline
+    # per_subimage=False: the former single DPP over all content tokens, a newline per grid row kept
+    former_record = former.report.images[0]
+    assert former_record.kept_indices == sorted(dpp_map(kernel_of(features, text), 20).tolist())
+    assert "per_subimage" not in former_record.info and lengths[1] > text_tokens + 20

@@ -7,7 +7,7 @@ import torch
 
 import vlm_compress as vlmc
 from vlm_compress.functional import contextual_targets, contextual_tokens, visionzip
-from vlm_compress.methods.base import resolve_budget
+from vlm_compress.methods.base import resolve_budget, split_budget
 from vlm_compress.methods.visionzip import VisionZip
 from vlm_compress.views import Signals, VisualContext
 from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
@@ -119,7 +119,13 @@ def test_method_returns_dominant_then_contextual_merged_features():
     dominant, targets, expected = official_loop(attention, vision, projected, 14, 2)
     assert selection.kept_indices.tolist() == dominant + targets
     # no key-state signal here (as on Qwen or SigLIP towers): the feature-layer states, and the info says so
-    assert selection.info == {"dominant": 14, "contextual": 2, "metric": "vision"}
+    assert selection.info == {
+        "dominant": 14,
+        "contextual": 2,
+        "metric": "vision",
+        "cls_tokens": 0,  # no [CLS] signal (as on SigLIP or Qwen towers): all 14 dominant tokens are patches
+        "cls": "no cls_tokens signal (no [CLS] token, or it is one of the tokens): patches only",
+    }
     torch.testing.assert_close(selection.features.double(), expected, rtol=1e-6, atol=1e-6)
     selection.validate(36, 6, method="visionzip")
     assert (selection.groups >= 0).all()  # nothing is dropped: every token is kept or merged
@@ -129,34 +135,128 @@ def test_method_returns_dominant_then_contextual_merged_features():
     assert torch.equal(VisionZip(budget=1.0).select(ctx).kept_indices, torch.arange(36))
 
 
-def test_tiny_llava_run_feeds_the_merged_tokens_in_the_official_layout():
-    model = build_tiny("llava", seed=9)
-    batch = tiny_inputs(model, [1], seed=10)
-    seen, embeds = [], []
+def run_visionzip(model, inputs, method):
+    """The image's record and context, and the language model's input embeddings, of one patched forward."""
+    seen, embeds = {}, []
 
     class Spy(VisionZip):
         def select(self, ctx):
-            seen.append((ctx.cls_attention.detach(), ctx.vision_keys.detach(), ctx.features.detach()))
+            seen["ctx"] = ctx
             return super().select(ctx)
 
     probe = model.model.language_model.register_forward_pre_hook(
         lambda module, args, kwargs: embeds.append(kwargs["inputs_embeds"].detach()), with_kwargs=True
     )
     try:
-        with vlmc.compress(model, Spy(budget=32)) as run:
-            model(**batch)
+        with vlmc.compress(model, Spy(**method.hyperparameters())) as run:
+            model(**inputs)
     finally:
         probe.remove()
+    return run, seen["ctx"], embeds[0]
+
+
+@torch.no_grad()
+def projected_cls(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``[passes, D]`` the tower's feature-layer [CLS] state of every pass through the model's projector, computed
+    here from the tower's own ``output_hidden_states`` (as the official ``hidden_states[-2][:, 0]``)."""
+    states = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    return model.model.multi_modal_projector(states[model.config.vision_feature_layer][:, 0])
+
+
+def image_rows(embeds: torch.Tensor, inputs: dict, model) -> torch.Tensor:
+    """The language model's input rows that hold the image: those not equal to a text token's embedding."""
+    ids = inputs["input_ids"][0]
+    text = model.get_input_embeddings()(ids[ids != model.config.image_token_id])
+    rows = embeds[0]
+    is_text = (rows[:, None, :] == text[None]).all(-1).any(-1)
+    return rows[~is_text]
+
+
+def free_slot(n: int, *taken: list[int]) -> int:
+    """The first token of a pass that is neither dominant nor a contextual target: where its [CLS] sits."""
+    return min(set(range(n)).difference(*taken))
+
+
+def test_tiny_llava_run_keeps_the_cls_token_and_feeds_the_official_layout():
+    model = build_tiny("llava", seed=9)
+    batch = tiny_inputs(model, [1], seed=10)
+    run, ctx, embeds = run_visionzip(model, batch, VisionZip(budget=32))
     record = run.report.images[0]
     assert run.report.position_ids == "contiguous" and record.tokens_after == 32
-    attention, keys, projected = seen[0]
     assert record.selection.info["metric"] == "keys"  # the official similarity space on a CLIP tower
-    dominant, targets, expected = official_loop(attention, keys, projected, 27, 5)
-    assert record.selection.kept_indices.tolist() == dominant + targets  # dominant in image order, then contextual
-    # the language model reads exactly those 32 rows, in that order, where the image was
-    rows = embeds[0][0]
-    start = int(torch.nonzero((rows[:, None, :] == record.selection.features[None, :1]).all(-1))[0, 0])
-    torch.testing.assert_close(rows[start : start + 32].double(), expected, rtol=1e-5, atol=1e-5)
+    # 32 = 27 dominant (the [CLS] token + 26 patches, the official dominant - 1) + 5 contextual
+    assert record.selection.info["dominant"] == 27 and record.selection.info["cls_tokens"] == 1
+    dominant, targets, expected = official_loop(ctx.cls_attention, ctx.vision_keys, ctx.features, 26, 5)
+    slot = free_slot(144, dominant, targets)
+    assert record.selection.kept_indices.tolist() == [slot] + dominant + targets
+    cls = projected_cls(model, batch["pixel_values"])
+    assert cls.shape == (1, ctx.dim)
+    torch.testing.assert_close(ctx.cls_tokens, cls, rtol=1e-6, atol=1e-6)
+    expected = torch.cat([cls.double(), expected])
+    torch.testing.assert_close(record.selection.features.double(), expected, rtol=1e-5, atol=1e-5)
+    # the language model reads exactly those 32 rows, in that order ([CLS], dominant, contextual), where the image was
+    rows = image_rows(embeds, batch, model)
+    assert rows.shape[0] == 32
+    torch.testing.assert_close(rows.double(), expected, rtol=1e-5, atol=1e-5)
+    # keep_cls=False: all 27 dominant tokens are patches (the former behaviour)
+    run, ctx, _ = run_visionzip(model, batch, VisionZip(budget=32, keep_cls=False))
+    dominant, targets, _ = official_loop(ctx.cls_attention, ctx.vision_keys, ctx.features, 27, 5)
+    assert run.report.images[0].selection.kept_indices.tolist() == dominant + targets
+
+
+def test_visionzip_selects_per_subimage_with_each_passes_cls_on_llava_next():
+    model = build_tiny("llava_next", seed=3)
+    inputs = tiny_inputs(model, [1], seed=0, text_lengths=[3])  # 40 x 70 px: thumbnail + 2x2 crops
+    run, ctx, embeds = run_visionzip(model, inputs, VisionZip(budget=30))
+    selection = run.report.images[0].selection
+    regions = [ctx.thumbnail, *ctx.crops]
+    counts = split_budget(30, [int(region.indices.numel()) for region in regions])
+    assert len(regions) == 5 and counts == [6] * 5 and selection.info["per_subimage"] == counts
+    # per pass of 6: split(6) = (5, 1), so [CLS] + 4 patches by the pass's own [CLS] attention + 1 contextual
+    cls = projected_cls(model, inputs["pixel_values"][0])
+    torch.testing.assert_close(ctx.cls_tokens, cls, rtol=1e-6, atol=1e-6)
+    blocks = []
+    for region in regions:
+        index = region.indices
+        torch.testing.assert_close(ctx.cls_attention[index], region.cls_attention)
+        dominant, targets, assignment = visionzip(ctx.cls_attention[index], ctx.vision_keys[index], 4, 1)
+        slot = free_slot(index.numel(), dominant.tolist(), targets.tolist())
+        merged = contextual_tokens(ctx.features[index], targets, assignment)
+        blocks.append(
+            (index[slot : slot + 1], index[dominant], index[targets], ctx.features[index[dominant]], merged)
+        )
+    # official order: the thumbnail's [CLS], dominant, contextual; then the crops' dominant patches in image order,
+    # the crops' [CLS] tokens, the crops' contextual tokens (restore_image_features_sorted)
+    crop_dominant = torch.cat([block[1] for block in blocks[1:]])
+    order = torch.argsort(crop_dominant)
+    kept = torch.cat(
+        [*blocks[0][:3], crop_dominant[order], *[b[0] for b in blocks[1:]], *[b[2] for b in blocks[1:]]]
+    )
+    features = torch.cat(
+        [
+            cls[:1],
+            blocks[0][3],
+            blocks[0][4],
+            torch.cat([b[3] for b in blocks[1:]])[order],
+            cls[1:],
+            *[b[4] for b in blocks[1:]],
+        ]
+    )
+    assert selection.kept_indices.tolist() == kept.tolist() and not selection.keep_newlines
+    torch.testing.assert_close(selection.features, features, rtol=1e-5, atol=1e-5)
+    # exactly the budget reaches the language model, no newline: the thumbnail in the selection's order, then the
+    # crops' tokens, which this adapter places by their slots' order in the grid
+    rows = image_rows(embeds, inputs, model)
+    assert rows.shape[0] == 30
+    grid = torch.argsort(kept[6:])
+    torch.testing.assert_close(rows, torch.cat([features[:6], features[6:][grid]]), rtol=1e-5, atol=1e-5)
+    # per_subimage=False with keep_cls=False: the former single selection over all content tokens, with newlines
+    run, ctx, embeds = run_visionzip(model, inputs, VisionZip(budget=30, per_subimage=False, keep_cls=False))
+    selection = run.report.images[0].selection
+    dominant, targets, _ = visionzip(ctx.cls_attention, ctx.vision_keys, *VisionZip().split(30))
+    assert selection.kept_indices.tolist() == dominant.tolist() + targets.tolist()
+    assert selection.keep_newlines and "per_subimage" not in selection.info
+    assert image_rows(embeds, inputs, model).shape[0] > 30  # the kept grid rows' newlines
 
 
 def test_vision_keys_are_the_feature_blocks_head_mean_keys():

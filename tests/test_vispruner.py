@@ -7,6 +7,7 @@ import torch
 
 import vlm_compress as vlmc
 from vlm_compress.functional import remove_duplicates, vispruner
+from vlm_compress.methods.base import split_budget
 from vlm_compress.methods.vispruner import VisPruner
 from vlm_compress.views import Signals, VisualContext
 from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs
@@ -129,3 +130,45 @@ def test_tiny_llava_run_keeps_the_budget_in_image_order_with_contiguous_position
         assert record.tokens_after == 24 and record.kept_indices == sorted(important + diverse)
         assert record.selection.kept_indices.tolist() == sorted(important + diverse)  # placed in image order
         assert record.info == {"important": 18, "diverse": 6}
+
+
+def test_vispruner_selects_per_subimage_and_drops_newlines_on_llava_next():
+    model = build_tiny("llava_next", seed=3)
+    inputs = tiny_inputs(model, [1], seed=0, text_lengths=[3])  # 40 x 70 px: thumbnail + 2x2 crops
+    seen, lengths = {}, []
+
+    class Spy(VisPruner):
+        def select(self, ctx):
+            seen["ctx"] = ctx
+            return super().select(ctx)
+
+    probe = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    try:
+        with vlmc.compress(model, Spy(budget=25)) as run:
+            model(**inputs)
+        with vlmc.compress(model, Spy(budget=25, per_subimage=False)) as former:
+            model(**inputs)
+    finally:
+        probe.remove()
+    record, ctx = run.report.images[0], seen["ctx"]
+    regions = [ctx.thumbnail, *ctx.crops]
+    counts = split_budget(25, [int(region.indices.numel()) for region in regions])
+    assert counts == [5] * 5 and record.info["per_subimage"] == counts
+    # every pass: int(5 * 0.5) = 2 important by its own [CLS] attention, 3 diverse among its own tokens
+    expected = []
+    for region in regions:
+        index = region.indices
+        torch.testing.assert_close(ctx.cls_attention[index], region.cls_attention)
+        important, diverse = vispruner(ctx.cls_attention[index], ctx.vision_features[index], 2, 3)
+        expected += index[torch.cat([important, diverse])].tolist()
+    assert record.kept_indices == sorted(expected) and record.info["important"] == 10
+    ids = inputs["input_ids"]
+    text_tokens = ids.shape[1] - int((ids == model.config.image_token_id).sum())
+    assert lengths[0] == text_tokens + 25  # the official spatial merge keeps no newline
+    # per_subimage=False: the former single selection over all content tokens, a newline per grid row kept
+    record = former.report.images[0]
+    important, diverse = vispruner(ctx.cls_attention, ctx.vision_features, 12, 13)
+    assert record.kept_indices == sorted(torch.cat([important, diverse]).tolist())
+    assert "per_subimage" not in record.info and lengths[1] > text_tokens + 25

@@ -17,6 +17,10 @@ few *signals* that are computed lazily, the first time a method reads them, and 
                           to make the image square (LLaVA-1.5 pad-to-square; only when the original size is known)
 ``vision_keys``           ``[N, d]`` head-averaged key states of the encoder block that outputs the feature layer
                           (the LLaVA family's CLIP and SigLIP towers; VisionZip's similarity space)
+``cls_tokens``            ``[P, D]`` the encoder's [CLS] token of each of the image's ``P`` encoder passes (LLaVA: 1;
+                          LLaVA-NeXT: the thumbnail, then the crops in row-major order) at the feature layer,
+                          through the model's projector (CLIP towers with ``vision_feature_select_strategy=
+                          "default"``, where [CLS] is not among the tokens; VisionZip keeps it)
 ``patch_features``        ``[N, u, Dv]`` the ``u`` encoder patches each merged token is made of (Qwen2-VL's 2x2
                           merger input; ``vision_features`` is their concatenation)
 ========================  ==========================================================================================
@@ -157,6 +161,7 @@ class VisualContext:
     newline_slots = signal(
         "``[H]`` how many content tokens precede each newline in the image's block (AnyRes)."
     )
+    cls_tokens = signal("``[P, D]`` each encoder pass's projected [CLS] token (CLIP towers: thumbnail, crops).")
 
 
 @dataclass

@@ -105,6 +105,11 @@ class AnyResSignals(ImageSignals):
         crops = per_patch[first + 1 : first + 1 + rows * cols].flatten(0, 1)
         return torch.cat([thumbnail, crops[layout.source.to(crops.device)]])
 
+    def image_passes(self, image: int) -> torch.Tensor:
+        """``[1 + rows * cols]`` the image's encoder passes: its thumbnail, then its crops in row-major order."""
+        rows, cols = self.layouts[image].crop_layout
+        return self.first_patch[image] + torch.arange(1 + rows * cols)
+
     def vision_features(self, image: int) -> torch.Tensor:
         layers = [self.hidden_states[layer][:, self._start() :] for layer in self.feature_layers]
         return self.per_image(image, torch.cat(layers, dim=-1))

@@ -115,6 +115,7 @@ class ImageSignals(PromptSignals):
         self._cls: torch.Tensor | None = None
         self._cls_logits: torch.Tensor | None = None
         self._keys: torch.Tensor | None = None
+        self._cls_tokens: torch.Tensor | None = None
         # read right after the encoder pass, before a later pass overwrites what the sources look at
         self._extensions = extension_providers(self)
 
@@ -143,9 +144,15 @@ class ImageSignals(PromptSignals):
             "vision_keys": lambda: self.per_image(image, self.vision_keys()),
             **self.text_providers(row, columns, is_image),
         }
+        if self.drop_cls and has_cls_token(self.vision_tower):
+            providers["cls_tokens"] = lambda: self.cls_tokens()[self.image_passes(image)]
         for name, provider in self._extensions.items():
             providers[name] = lambda provider=provider: provider(image)
         return providers
+
+    def image_passes(self, image: int) -> torch.Tensor:
+        """``[P]`` the encoder passes of image ``image``, in the order its tokens come from them (one here)."""
+        return torch.tensor([image])
 
     def _start(self) -> int:
         return 1 if self.drop_cls else 0
@@ -160,6 +167,16 @@ class ImageSignals(PromptSignals):
             tower = self.adapter.vision_tower
             self._keys = feature_keys(tower, self.hidden_states, self.feature_layers[-1])[:, self._start() :]
         return self._keys
+
+    @torch.no_grad()
+    def cls_tokens(self) -> torch.Tensor:
+        """``[passes, D]`` every pass's [CLS] token at the feature layer(s) through the model's own multi-modal
+        projector: the token VisionZip keeps beside the patches (its official code projects
+        ``hidden_states[-2][:, 0]`` with them). Several feature layers are concatenated, as the model does."""
+        if self._cls_tokens is None:
+            states = torch.cat([self.hidden_states[layer][:, :1] for layer in self.feature_layers], dim=-1)
+            self._cls_tokens = self.adapter.inner.multi_modal_projector(states)[:, 0]
+        return self._cls_tokens
 
     def cls_attention(self) -> torch.Tensor:
         if self._cls is None:

@@ -33,6 +33,39 @@ Budget = int | float | Sequence[int | float]
 CONTIGUOUS_ON_LLAVA = MappingProxyType({"llava": "contiguous", "llava_next": "contiguous"})
 
 
+def split_budget(total: int, capacities: list[int]) -> list[int]:
+    """``total`` tokens split as evenly as possible over parts holding ``capacities`` tokens.
+
+    Every part gets the same share; what a part cannot hold is shared out again among the parts with room; a
+    remainder smaller than the parts with room gives one more token to the first of them.
+    ``total <= sum(capacities)``.
+    """
+    counts = [0] * len(capacities)
+    remaining = total
+    open_parts = [i for i, capacity in enumerate(capacities) if capacity > 0]
+    while remaining > 0 and open_parts:
+        share = remaining // len(open_parts)
+        if share == 0:
+            for i in open_parts[:remaining]:
+                counts[i] += 1
+            break
+        for i in open_parts:
+            added = min(share, capacities[i] - counts[i])
+            counts[i] += added
+            remaining -= added
+        open_parts = [i for i in open_parts if counts[i] < capacities[i]]
+    return counts
+
+
+def subimages(ctx: VisualContext) -> list[torch.Tensor] | None:
+    """The token indices of an AnyRes image's sub-images, one encoder pass each (the thumbnail, then the crops in
+    row-major layout order), on ``ctx.features``' device; ``None`` for an image without crops."""
+    if ctx.thumbnail is None or not ctx.crops:
+        return None
+    device = ctx.features.device
+    return [region.indices.to(device) for region in (ctx.thumbnail, *ctx.crops)]
+
+
 def _check_budget_value(value: Any, *, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BudgetError(

@@ -14,7 +14,7 @@ import torch
 from ..functional import conditional_kernel, dpp_map, instruction_relevance
 from ..selection import Selection
 from ..views import VisualContext
-from .base import CONTIGUOUS_ON_LLAVA, Method
+from .base import CONTIGUOUS_ON_LLAVA, Method, split_budget, subimages
 from .validate import is_number
 
 #: the benchmark suffix the official evaluation removes from the question before embedding it
@@ -42,6 +42,15 @@ class CDPruner(Method):
     of the official repository), so with the language model's embeddings it is off by default
     (``negate_relevance=True`` restores it).
 
+    **AnyRes images** (LLaVA-NeXT; ``per_subimage=True``): as the official code, every encoder pass (the
+    thumbnail, then each crop) runs its own DPP over its own tokens and keeps its own share of the budget (split
+    evenly, :func:`~vlm_compress.methods.base.split_budget`; ``visual_token_num`` per pass officially, so a budget
+    of ``64 * 5`` is its 64 per pass of a 4-crop image); the relevance is min-max normalised over the whole image
+    (the official code: over the batch of its passes). No newline token survives (the official code strips
+    ``_unpad`` and uses the plain ``spatial`` merge; ``Selection.keep_newlines=False``); the thumbnail's kept
+    tokens come first, then the crops' in the grid's raster order. The crops' candidates are their un-padded
+    tokens (the official code: all ``s * s`` of every crop). See ``docs/cdpruner.md``.
+
     Attributes:
         budget: tokens kept per image; default ``64 / 576`` (64 of LLaVA-1.5's 576, one of the paper's
             settings 128 / 64 / 32).
@@ -49,11 +58,14 @@ class CDPruner(Method):
             ``theta`` in ``[0, 1)``; ``None`` (default) uses ``r`` as it is, as the official code does (its
             ``theta = 0.5`` is commented out).
         negate_relevance: negate the text similarity before normalising it (the official LLaVA code).
+        per_subimage: AnyRes images: one DPP per encoder pass, as above. ``False``: one DPP over all the image's
+            content tokens, with a newline for every grid row that keeps a token. No effect on other models.
     """
 
     budget: int | float = 64 / 576
     theta: float | None = None
     negate_relevance: bool = False
+    per_subimage: bool = True
 
     name = "cdpruner"
     description = (
@@ -75,6 +87,8 @@ class CDPruner(Method):
             )
         if not isinstance(self.negate_relevance, bool):
             raise ValueError(f"{self.name}: negate_relevance must be a bool, got {self.negate_relevance!r}")
+        if not isinstance(self.per_subimage, bool):
+            raise ValueError(f"{self.name}: per_subimage must be a bool, got {self.per_subimage!r}")
 
     def text_tokens(self, ctx: VisualContext) -> torch.Tensor:
         """``[m, D]`` the instruction: the question's words embedded by the language model, else the prompt's
@@ -94,6 +108,21 @@ class CDPruner(Method):
         )
         if k == ctx.num_tokens:
             return self.keep_all(ctx, relevance)
-        kernel = conditional_kernel(ctx.features, relevance, theta=self.theta)
-        kept = dpp_map(kernel, k)
-        return Selection(kept_indices=kept.to(ctx.features.device), scores=relevance)
+        regions = subimages(ctx) if self.per_subimage else None
+        if regions is None:
+            kernel = conditional_kernel(ctx.features, relevance, theta=self.theta)
+            kept = dpp_map(kernel, k)
+            return Selection(kept_indices=kept.to(ctx.features.device), scores=relevance)
+        # one DPP per encoder pass (thumbnail, then crops) on the image's relevance, the budget split evenly
+        counts = split_budget(k, [int(index.numel()) for index in regions])
+        kept = []
+        for index, count in zip(regions, counts):
+            if count == index.numel():
+                kept.append(index)
+            elif count > 0:
+                local = index.to(relevance.device)
+                kernel = conditional_kernel(ctx.features[index], relevance[local], theta=self.theta)
+                kept.append(index[dpp_map(kernel, count).to(index.device)])
+        return Selection(
+            kept_indices=torch.cat(kept), scores=relevance, info={"per_subimage": counts}, keep_newlines=False
+        )

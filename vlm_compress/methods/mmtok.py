@@ -14,7 +14,7 @@ import torch
 from ..functional import mmtok_coverage
 from ..selection import Selection
 from ..views import VisualContext
-from .base import CONTIGUOUS_ON_LLAVA, Method
+from .base import CONTIGUOUS_ON_LLAVA, Method, split_budget
 from .validate import check_choice, check_number
 
 #: benchmark prompt suffixes the official text processor removes before extracting keywords
@@ -49,30 +49,6 @@ def extract_keywords(text: str) -> str:
         text = text.replace(suffix, "")
     words = [word for word in _WORD.findall(text) if word.lower() not in NON_VISUAL_WORDS]
     return " ".join(words) if words else text
-
-
-def split_budget(total: int, capacities: list[int]) -> list[int]:
-    """``total`` tokens split as evenly as possible over parts holding ``capacities`` tokens.
-
-    Every part gets the same share; what a part cannot hold is shared out again among the parts with room; a
-    remainder smaller than the parts with room gives one more token to the first of them.
-    ``total <= sum(capacities)``.
-    """
-    counts = [0] * len(capacities)
-    remaining = total
-    open_parts = [i for i, capacity in enumerate(capacities) if capacity > 0]
-    while remaining > 0 and open_parts:
-        share = remaining // len(open_parts)
-        if share == 0:
-            for i in open_parts[:remaining]:
-                counts[i] += 1
-            break
-        for i in open_parts:
-            added = min(share, capacities[i] - counts[i])
-            counts[i] += added
-            remaining -= added
-        open_parts = [i for i in open_parts if counts[i] < capacities[i]]
-    return counts
 
 
 @dataclass
