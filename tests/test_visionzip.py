@@ -244,12 +244,11 @@ def test_visionzip_selects_per_subimage_with_each_passes_cls_on_llava_next():
     )
     assert selection.kept_indices.tolist() == kept.tolist() and not selection.keep_newlines
     torch.testing.assert_close(selection.features, features, rtol=1e-5, atol=1e-5)
-    # exactly the budget reaches the language model, no newline: the thumbnail in the selection's order, then the
-    # crops' tokens, which this adapter places by their slots' order in the grid
+    # exactly the budget reaches the language model, no newline, in the official order: the crops' [CLS] and
+    # contextual tokens after all their dominant patches
     rows = image_rows(embeds, inputs, model)
     assert rows.shape[0] == 30
-    grid = torch.argsort(kept[6:])
-    torch.testing.assert_close(rows, torch.cat([features[:6], features[6:][grid]]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rows, features, rtol=1e-5, atol=1e-5)
     # per_subimage=False with keep_cls=False: the former single selection over all content tokens, with newlines
     run, ctx, embeds = run_visionzip(model, inputs, VisionZip(budget=30, per_subimage=False, keep_cls=False))
     selection = run.report.images[0].selection

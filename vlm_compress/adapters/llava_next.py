@@ -20,8 +20,9 @@ What a method sees (:class:`~vlm_compress.views.VisualContext`):
 Newline policy: a grid row keeps its newline when at least one of its tokens is kept and loses it otherwise,
 so the compressed image still reads as rows ended by newlines; a selection with ``keep_newlines=False`` drops
 every newline (MMTok's official layout). A reordering (``order="score"`` or
-``"selection"``) applies to the thumbnail's tokens; the grid always stays in raster order with its newlines
-(this is also what GlobalCom²'s official code does). Inside the language model (FastV, ToDRE stage 2) the
+``"selection"``) applies to the thumbnail's tokens; the grid stays in raster order with its newlines
+(this is also what GlobalCom²'s official code does), except when the selection drops every newline: then the
+grid follows the selection's order too (VisionZip's official layout). Inside the language model (FastV, ToDRE stage 2) the
 newline positions are not counted as visual: they always survive there, and budgets count content tokens.
 
 The layout arithmetic and the per-pass signals live in :mod:`.anyres`.
@@ -136,7 +137,9 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def kept_layout(self, slot: ImageSlot) -> tuple[torch.Tensor, torch.Tensor]:
         """Kept thumbnail tokens (in the selection's order), then the kept grid tokens in raster order with the
-        newline of every grid row that keeps a token (none with ``Selection.keep_newlines=False``)."""
+        newline of every grid row that keeps a token (the rows ``Selection.newline_rows`` names, if given). With
+        ``Selection.keep_newlines=False`` no newline is kept and the grid tokens follow the selection's order too
+        (in raster order for a method that keeps the original order)."""
         if not isinstance(slot, AnyResSlot):
             return super().kept_layout(slot)
         layout, packed, selection = slot.layout, slot.packed, slot.selection
@@ -161,7 +164,10 @@ class LlavaNextAdapter(LlavaAdapter):
         newlines = layout.newlines[rows_kept]
         grid_positions = torch.cat([layout.content[kept[in_grid]], newlines])
         grid_features = torch.cat([features[in_grid.to(features.device)], packed[newlines.to(packed.device)]])
-        order = torch.argsort(grid_positions)
+        if selection.keep_newlines or selection.newline_rows is not None:
+            order = torch.argsort(grid_positions)  # rows ended by their newlines: raster order
+        else:  # no newline left to keep the rows apart: the selection's order (VisionZip's official layout)
+            order = torch.arange(grid_positions.numel())
         positions = torch.cat([layout.content[kept[in_thumbnail]], grid_positions[order]])
         block_features = torch.cat(
             [features[in_thumbnail.to(features.device)], grid_features[order.to(grid_features.device)]]

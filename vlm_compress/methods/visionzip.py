@@ -91,9 +91,6 @@ class VisionZip(Method):
       crop's candidates are its un-padded tokens; the official code selects among all ``s * s`` tokens of every
       crop and restores them onto the full crop grid without un-padding. A crop with fewer un-padded tokens than
       its share keeps them all (no [CLS], no merge) and passes the rest of its share on to the other passes.
-    - **LLaVA-NeXT crop order.** The selection lists the crops' tokens in the official order, but the LLaVA-NeXT
-      adapter always places a grid token by its position in the grid, so the crops' [CLS] and contextual tokens
-      reach the language model at their slots among the crops' dominant patches, not after them.
     - **Qwen2-VL** has no official code: one selection per image, the [CLS] proxy ranks the tokens, no [CLS]
       token is kept.
     - ``contextual_ratio=0`` keeps dominant tokens only (the official code divides by the contextual count).
