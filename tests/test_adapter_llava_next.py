@@ -262,3 +262,47 @@ def test_selection_without_newlines_drops_every_newline(model):
     start = int(torch.nonzero(image)[0])
     assert torch.equal(probe.calls[0][0, start : start + len(kept)], packed[layout.content[list(kept)]])
     assert probe.calls[0].shape[1] == inputs["input_ids"].shape[1] - int(image.sum()) + len(kept)
+
+
+def test_cls_attention_keeps_the_top_k_of_every_pass_as_fastervlm():
+    """FasterVLM's ``encode_images``: a top-k per encoder pass (thumbnail and every crop), no newline; the
+    language model reads the thumbnail's kept tokens, then the crops' in the grid's raster order."""
+    from vlm_compress.functional import topk_indices
+    from vlm_compress.methods.cls_attention import ClsAttention
+
+    model = build_tiny("llava_next", seed=3)
+    inputs = tiny_inputs(model, [1], seed=0, text_lengths=[3])  # thumbnail + 2x2 crops
+    seen, embeds = [], []
+
+    class Spy(ClsAttention):
+        def select(self, ctx):
+            seen.append(ctx)
+            return super().select(ctx)
+
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: embeds.append(kwargs["inputs_embeds"][0].clone()), with_kwargs=True
+    )
+    try:
+        with torch.no_grad(), vlmc.compress(model, Spy(budget=15), position_ids="original") as run:
+            model(**inputs)
+        with torch.no_grad(), vlmc.compress(model, Spy(budget=15, per_subimage=False)) as single:
+            model(**inputs)
+    finally:
+        hook.remove()
+    ctx = seen[0]
+    record = run.report.images[0]
+    assert record.info["per_subimage"] == [3] * 5
+    expected = []
+    for region in [ctx.thumbnail, *ctx.crops]:
+        expected += region.indices[topk_indices(region.cls_attention, 3)].tolist()
+    assert record.kept_indices == sorted(expected)
+    image = inputs["input_ids"][0] == model.config.image_token_id
+    start = int(torch.nonzero(image).min())
+    torch.testing.assert_close(embeds[0][start : start + 15], ctx.features[sorted(expected)], rtol=0, atol=0)
+    assert embeds[0].shape[0] == inputs["input_ids"].shape[1] - int(image.sum()) + 15  # no newline
+    # per_subimage=False: the former single top-k over the content tokens, a newline per grid row kept
+    whole = single.report.images[0]
+    assert whole.kept_indices == sorted(topk_indices(ctx.cls_attention, 15).tolist())
+    assert "per_subimage" not in whole.info and embeds[1].shape[0] > embeds[0].shape[0]
+    with pytest.raises(ValueError, match="per_subimage must be a bool"):
+        ClsAttention(per_subimage=1)

@@ -7,7 +7,8 @@ import torch
 
 import vlm_compress as vlmc
 from vlm_compress.functional import mmtok_coverage
-from vlm_compress.methods.mmtok import DEFAULT_QUESTION, extract_keywords, split_budget
+from vlm_compress.methods.base import split_budget
+from vlm_compress.methods.mmtok import DEFAULT_QUESTION, extract_keywords
 from vlm_compress.zoo.synthetic import TINY_IMAGE_TOKEN_ID, build_tiny, tiny_inputs
 
 from .helpers import expand_images, word_tokenizer

@@ -14,7 +14,7 @@ Hyper-parameters are checked in ``__post_init__`` with :mod:`vlm_compress.method
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -64,6 +64,25 @@ def subimages(ctx: VisualContext) -> list[torch.Tensor] | None:
         return None
     device = ctx.features.device
     return [region.indices.to(device) for region in (ctx.thumbnail, *ctx.crops)]
+
+
+def select_per_subimage(
+    regions: list[torch.Tensor], k: int, pick: Callable[[torch.Tensor, int], torch.Tensor]
+) -> tuple[torch.Tensor, list[int]]:
+    """One selection per sub-image (:func:`subimages`), ``k`` tokens split evenly over them (:func:`split_budget`).
+
+    ``pick(index, count)`` chooses ``count`` of the sub-image's tokens ``index`` (it returns positions in ``index``)
+    when its share is smaller than it; a share that holds every token keeps them as they are. Returns the kept
+    token indices, sub-image after sub-image in each one's chosen order, and the shares.
+    """
+    counts = split_budget(k, [int(index.numel()) for index in regions])
+    kept = []
+    for index, count in zip(regions, counts):
+        if count == index.numel():
+            kept.append(index)
+        elif count > 0:
+            kept.append(index[pick(index, count).to(index.device)])
+    return torch.cat(kept), counts
 
 
 def _check_budget_value(value: Any, *, where: str) -> None:

@@ -14,7 +14,7 @@ import torch
 from ..functional import conditional_kernel, dpp_map, instruction_relevance
 from ..selection import Selection
 from ..views import VisualContext
-from .base import CONTIGUOUS_ON_LLAVA, Method, split_budget, subimages
+from .base import CONTIGUOUS_ON_LLAVA, Method, select_per_subimage, subimages
 from .validate import is_number
 
 #: the benchmark suffix the official evaluation removes from the question before embedding it
@@ -113,16 +113,15 @@ class CDPruner(Method):
             kernel = conditional_kernel(ctx.features, relevance, theta=self.theta)
             kept = dpp_map(kernel, k)
             return Selection(kept_indices=kept.to(ctx.features.device), scores=relevance)
+
         # one DPP per encoder pass (thumbnail, then crops) on the image's relevance, the budget split evenly
-        counts = split_budget(k, [int(index.numel()) for index in regions])
-        kept = []
-        for index, count in zip(regions, counts):
-            if count == index.numel():
-                kept.append(index)
-            elif count > 0:
-                local = index.to(relevance.device)
-                kernel = conditional_kernel(ctx.features[index], relevance[local], theta=self.theta)
-                kept.append(index[dpp_map(kernel, count).to(index.device)])
+        def pick(index: torch.Tensor, count: int) -> torch.Tensor:
+            kernel = conditional_kernel(
+                ctx.features[index], relevance[index.to(relevance.device)], theta=self.theta
+            )
+            return dpp_map(kernel, count)
+
+        kept, counts = select_per_subimage(regions, k, pick)
         return Selection(
-            kept_indices=torch.cat(kept), scores=relevance, info={"per_subimage": counts}, keep_newlines=False
+            kept_indices=kept, scores=relevance, info={"per_subimage": counts}, keep_newlines=False
         )

@@ -14,7 +14,7 @@ import torch
 from ..functional import mmtok_coverage
 from ..selection import Selection
 from ..views import VisualContext
-from .base import CONTIGUOUS_ON_LLAVA, Method, split_budget
+from .base import CONTIGUOUS_ON_LLAVA, Method, select_per_subimage, subimages
 from .validate import check_choice, check_number
 
 #: benchmark prompt suffixes the official text processor removes before extracting keywords
@@ -208,18 +208,12 @@ class MMTok(Method):
     ) -> Selection:
         """One coverage selection per sub-image (thumbnail, then crops), the budget split evenly; no newlines
         (``restore_image_features_sorted`` in the official ``mmtok/llava/llava_arch_mmtok.py``)."""
-        device = ctx.features.device
-        regions = [ctx.thumbnail, *ctx.crops]
-        indices = [region.indices.to(device) for region in regions]
-        counts = split_budget(k, [int(index.numel()) for index in indices])
-        kept = []
-        for index, count in zip(indices, counts):
-            if count == index.numel():
-                kept.append(index)
-            elif count > 0:
-                local = self._coverage(ctx, text, ctx.features[index], vision[index], count)
-                kept.append(index[local.to(device)])
-        kept_indices = torch.cat(kept).sort().values
+        kept, counts = select_per_subimage(
+            subimages(ctx),
+            k,
+            lambda index, count: self._coverage(ctx, text, ctx.features[index], vision[index], count),
+        )
+        kept_indices = kept.sort().values
         return Selection(kept_indices=kept_indices, info={"per_subimage": counts}, keep_newlines=False)
 
     def _select_without_padding(

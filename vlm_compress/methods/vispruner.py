@@ -15,7 +15,7 @@ import torch
 from ..functional import vispruner
 from ..selection import Selection
 from ..views import VisualContext
-from .base import CONTIGUOUS_ON_LLAVA, Budget, Method, split_budget, subimages
+from .base import CONTIGUOUS_ON_LLAVA, Budget, Method, select_per_subimage, subimages
 from .validate import check_number
 
 
@@ -114,26 +114,25 @@ class VisPruner(Method):
     ) -> Selection:
         """One selection per encoder pass (thumbnail, then crops), the budget split evenly; no newline kept
         (the official ``encode_images`` over the stacked passes, and its ``spatial`` merge without un-padding)."""
-        counts = split_budget(k, [int(index.numel()) for index in regions])
         vision = ctx.vision_features
-        kept, important_total, diverse_total = [], 0, 0
-        for index, count in zip(regions, counts):
-            if count == index.numel():
-                kept.append(index)  # a pass whose share holds all its tokens keeps them as they are
-            elif count > 0:
-                num_important, num_diverse = self.split(count)
-                local = index.to(scores.device)
-                important, diverse = vispruner(
-                    scores[local], vision[index.to(vision.device)], num_important, num_diverse
-                )
-                kept.append(index[torch.cat([important, diverse]).to(index.device)])
-                important_total += num_important
-                diverse_total += num_diverse
+        totals = [0, 0]  # important, diverse over the passes that were thinned
+
+        def pick(index: torch.Tensor, count: int) -> torch.Tensor:
+            num_important, num_diverse = self.split(count)
+            important, diverse = vispruner(
+                scores[index.to(scores.device)], vision[index.to(vision.device)], num_important, num_diverse
+            )
+            totals[0] += num_important
+            totals[1] += num_diverse
+            return torch.cat([important, diverse])
+
+        kept, counts = select_per_subimage(regions, k, pick)
+        important_total, diverse_total = totals
         info = {"important": important_total, "diverse": diverse_total, "per_subimage": counts}
         if important_total + diverse_total < k:
             info["kept_whole"] = k - important_total - diverse_total
         return Selection(
-            kept_indices=torch.cat(kept),
+            kept_indices=kept,
             scores=scores,
             info=info,
             keep_newlines=False,
