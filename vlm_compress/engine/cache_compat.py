@@ -4,7 +4,7 @@ Up to 5.23 the cache travels as ``past_key_values``; from 5.24 the forward metho
 keyword still works, with a deprecation warning, until 5.40) and ``generate`` passes ``cache``. A caller's own
 decode loop may use either name. Everything in vlm_compress that reads or passes a cache goes through these helpers.
 
-Room: the engine. Imports nothing from vlm_compress.
+Room: the engine. Imports nothing from vlm_compress (``transformers``' cache layers lazily).
 """
 
 from __future__ import annotations
@@ -39,3 +39,27 @@ def cache_keyword(module: Any) -> str:
     """The keyword ``module.forward`` takes a KV cache under in this release (``cache`` from 5.24 on)."""
     parameters = inspect.signature(type(module).forward).parameters
     return next((name for name in CACHE_KEYWORDS if name in parameters), "past_key_values")
+
+
+def take_cache_positions(cache: Any, layer: int, index: Any) -> bool:
+    """Keep, in layer ``layer`` of a dynamic ``cache``, only the positions ``index [B, K]`` of each row (in that
+    order); ``False`` (and nothing changed) when that layer is not a plain dynamic layer of full keys and values."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = getattr(cache, "layers", None)
+    if layers is None or not 0 <= layer < len(layers):
+        return False
+    entry = layers[layer]
+    if type(entry) not in (DynamicLayer, DynamicSlidingWindowLayer) or not entry.is_initialized:
+        return False
+    index = index.to(entry.keys.device)[:, None, :, None]
+
+    def take(states: Any) -> Any:
+        return states.gather(
+            2, index.expand(states.shape[0], states.shape[1], index.shape[2], states.shape[3])
+        )
+
+    entry.keys, entry.values = take(entry.keys), take(entry.values)
+    if isinstance(getattr(entry, "cumulative_length", None), int):  # a sliding layer counts what it holds
+        entry.cumulative_length = entry.keys.shape[-2]
+    return True

@@ -67,6 +67,11 @@ class PrunedPass:
 
     layer_positions: dict[int, list[int]]
     kept_per_image: dict[int, dict[int, int]]
+    #: a method whose decode steps attend only to the finally kept columns in some layers (MustDrop's decoding
+    #: stage): those layers, and per image the visual tokens and the row's prompt keys they keep
+    decode_layers: list[int] = field(default_factory=list)
+    decode_tokens: dict[int, int] = field(default_factory=dict)
+    decode_keys: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,6 +87,10 @@ class CallState:
     #: during a prefill pass, once the in-LLM pruner has dropped columns: the layer-0 columns ``[B, Lc]`` the
     #: hidden states hold from that layer on (``-1``: padding slot); ``None`` while they hold every column
     layer_columns: torch.Tensor | None = None
+    #: for a method whose decode steps attend only to the finally kept columns in some layers: ``[B, L0]`` bool,
+    #: the prompt's layer-0 columns the last pruning layer kept, from the call's first pass (passes of
+    #: ``generate`` without a cache re-run the prompt and keep its generated tokens' queries off the rest)
+    final_kept: torch.Tensor | None = None
     images: list[ImageRecord] = field(default_factory=list, repr=False)
     record: CallRecord | None = field(default=None, repr=False)
 
@@ -104,6 +113,10 @@ class CallState:
             for image in self.images:
                 if image.image in entry.kept_per_image:
                     image.info["llm_kept"] = entry.kept_per_image[image.image]
+                if entry.decode_layers and image.image in entry.decode_tokens:
+                    image.info["decode_cache_layers"] = list(entry.decode_layers)
+                    image.info["decode_cache_tokens"] = entry.decode_tokens[image.image]
+                    image.info["decode_cache_keys"] = entry.decode_keys[image.image]
 
 
 class CallStates:

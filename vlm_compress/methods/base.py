@@ -188,6 +188,13 @@ class Method:
         """Decoder layers before which :meth:`prune` runs (``1..num_layers-1``); none by default."""
         return []
 
+    def decode_cache_start(self, points: list[int]) -> int | None:
+        """The first decoder layer whose decode steps attend only to the prompt's columns the last of the pruning
+        layers ``points`` kept: after a prefill, the KV caches of the layers from there up to ``points[-1]`` keep
+        only those columns (layer 0's never: it is the sequence's clock). ``None`` (default): every layer's cache
+        keeps what the layer saw."""
+        return None
+
     def prune(self, ctx: LayerContext) -> torch.Tensor:
         """``[B, L]`` bool: which visual columns survive into ``ctx.layer`` and later layers.
 

@@ -1,4 +1,4 @@
-"""MustDrop: multi-stage vision token dropping (vision encoding, prefill; the decoding stage is not offered).
+"""MustDrop: multi-stage vision token dropping (vision encoding, prefill, decoding).
 
 Liu et al., "Multi-Stage Vision Token Dropping: Towards Efficient Multimodal Large Language Model"
 (arXiv 2411.10803). Official code: liuting20/MustDrop (built on SparseVLM's code):
@@ -25,7 +25,7 @@ from .validate import check_choice, check_int, check_number, is_int
 
 @dataclass
 class MustDrop(Method):
-    """Two of MustDrop's three stages.
+    """MustDrop's three stages.
 
     1. **Vision encoding**: spatially adjacent similar tokens are merged: windows of ``window_size`` tokens of
        the grid whose mean pairwise cosine similarity (encoder features) reaches ``spatial_threshold`` become one
@@ -34,6 +34,9 @@ class MustDrop(Method):
     2. **Prefill**: after each layer of ``pruning_layers`` the dual-attention filter drops the visual tokens
        whose summed attention from the prompt's text after the image is below ``global_thr`` of the image's
        total *and* whose largest single attention is below ``individual_thr`` (key tokens are kept).
+    3. **Decoding** (``decode_stage``, the output-aware cache policy): after the prefill, the KV caches of the
+       layers from the one whose attention the first filter reads up to the last filter keep only the tokens the
+       last filter kept, so decode steps there attend only to those (and to the generated tokens).
 
     Attributes:
         budget: ``None`` (default): the official threshold rule decides how many windows merge. A count or a
@@ -46,7 +49,8 @@ class MustDrop(Method):
             the depth; default layers 2, 6, 10, 14 of LLaVA-1.5-7B's 32.
         global_thr, individual_thr: the filter's thresholds (the official README's 192-token TextVQA setting:
             0.001 and 0.001; its code defaults 1.0 and 0.0 filter nothing).
-        decode_stage: the output-aware KV cache policy of the decoding stage; not supported (see below).
+        decode_stage: the output-aware KV cache policy of the decoding stage (default ``True``, as the official
+            code always applies it); ``False`` leaves every layer's cache as its layer saw the prefill.
 
     Fidelity choices and what is missing:
 
@@ -60,9 +64,13 @@ class MustDrop(Method):
       never count). Position ids: on LLaVA the sequence the merge shortened is numbered contiguously, as the
       official code (LLaVA's ``prepare_inputs_labels_for_multimodal``) does; the official filter renumbers again
       after each drop, while the in-LLM pruner keeps the ids the tokens entered the language model with.
-    * **Decoding stage not implemented**: the official code, after the prefill, cuts the caches of layers
-      2..14 down to the tokens kept by the last filter; cached generation would then differ from generation
-      without a cache, which the library requires to agree. ``decode_stage=True`` raises.
+    * Decoding stage: the official code cuts the caches of layers 2..14 (``pruning_layers[0]`` to
+      ``pruning_layers[-1]``) to the last filter's tokens; here the same layers (the filter after layer ``l``
+      runs before layer ``l + 1``) except layer 0, whose cache length transformers reads as the sequence's
+      length (it matters only when a filter runs after layer 0). ``generate(use_cache=False)`` re-runs the
+      prompt at every step and gets the same tokens: the generated tokens' queries in those layers are masked
+      off the visual tokens the last filter of the call's first pass dropped. With flash attention, generation
+      without a cache is refused under ``decode_stage`` (its padding masks cannot say this).
     """
 
     budget: Budget | None = None
@@ -72,7 +80,7 @@ class MustDrop(Method):
     pruning_layers: Sequence[int | float] = (2 / 32, 6 / 32, 10 / 32, 14 / 32)
     global_thr: float = 0.001
     individual_thr: float = 0.001
-    decode_stage: bool = False
+    decode_stage: bool = True
 
     name = "mustdrop"
     description = (
@@ -114,12 +122,6 @@ class MustDrop(Method):
         check_number(self.name, "global_thr", self.global_thr, at_least=0)
         check_number(self.name, "individual_thr", self.individual_thr, at_least=0)
         check_choice(self.name, "decode_stage", self.decode_stage, (False, True))
-        if self.decode_stage:
-            raise ValueError(
-                "mustdrop: decode_stage=True (the output-aware KV cache policy) is not supported: cutting the "
-                "caches of the pruning layers after the prefill would make cached generation differ from "
-                "generation without a cache; use decode_stage=False"
-            )
 
     def full_budget(self, num_tokens: int, image_index: int = 0) -> bool:
         return self.budget is not None and super().full_budget(num_tokens, image_index)
@@ -176,6 +178,10 @@ class MustDrop(Method):
             if 1 <= point < num_layers and point not in points:
                 points.append(point)
         return sorted(points)
+
+    def decode_cache_start(self, points: list[int]) -> int | None:
+        """The official cut starts at the first filter's layer (``points[0] - 1``: it reads that layer's attention)."""
+        return points[0] - 1 if self.decode_stage else None
 
     def prune_visual(self, ctx: LayerContext) -> torch.Tensor:
         length = ctx.visual.shape[1]

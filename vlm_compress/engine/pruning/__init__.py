@@ -10,7 +10,11 @@ Plain hooks on one model instance, no eager attention needed:
   layers ``>= K`` really run on fewer positions and store a shorter KV cache (:mod:`.hooks`);
 * during decoding, each pruned layer's mask is mapped onto its shorter cache (:mod:`.masks`). ``DynamicCache``
   then holds different lengths per layer; ``get_seq_length()`` reads layer 0, so generation keeps its bookkeeping
-  in the unpruned coordinates.
+  in the unpruned coordinates;
+* a method with a decode-cache policy (:meth:`~vlm_compress.methods.base.Method.decode_cache_start`, MustDrop's
+  decoding stage) has the prefill's caches of the layers from that start up to its last pruning layer cut to the
+  last pruning layer's columns; ``generate`` without a cache masks the generated tokens' queries there off the
+  visual columns dropped by then (the selection reads prompt tokens only, so it is the same at every step).
 
 Rows that keep different numbers of columns are re-padded (on the side the prompt was padded); a padding slot
 attends only to itself, so no NaN can leak through a masked value.

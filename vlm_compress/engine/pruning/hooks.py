@@ -19,11 +19,11 @@ from torch import nn
 
 from ...errors import InputMismatchError, UnsupportedModelError
 from ...views import LayerContext
-from ..cache_compat import call_cache
+from ..cache_compat import call_cache, output_cache, take_cache_positions
 from ..state import CallState, CallStates, PrunedCache, PrunedPass, Segment
 from ..undo import UndoRecorder
 from .attention import layer_keys, queries_attention, query_attention
-from .masks import causal_decode_mask, decode_mask, gather_rows, keep_to_columns, layer_inputs
+from .masks import block_keys, causal_decode_mask, decode_mask, gather_rows, keep_to_columns, layer_inputs
 
 PRUNING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
 
@@ -53,6 +53,11 @@ class _Pass:
     layer_positions: dict[int, list[int]] = field(default_factory=dict)
     total_keys: int = 0  # decode: layer-0 keys after this step
     kept_per_image: dict[int, dict[int, int]] = field(default_factory=dict)
+    prompt: int = 0  # prefill: the prompt's layer-0 columns (generate without a cache appends its tokens)
+    #: ``[B, L0]`` bool, generate without a cache under a decode-cache policy: the prompt's visual columns the
+    #: last pruning layer dropped, which the generated tokens' queries do not see in the policy's layers
+    blocked: torch.Tensor | None = None
+    blocked_masks: dict[int, Any] = field(default_factory=dict)  # per identity of the layer's mask
 
 
 def _input_length(args: tuple, kwargs: dict[str, Any]) -> int:
@@ -88,16 +93,33 @@ class LanguageModelPruner:
                 f"{self.num_layers}-layer language model, got {bad}"
             )
         self.points = points
+        self.attn_implementation = attn
+        self.decode_layers = self._decode_layers(method, points)
         self._pass: _Pass | None = None
         undo.add_hook(language_model.register_forward_pre_hook(self._on_model_start, with_kwargs=True))
         undo.add_hook(language_model.register_forward_hook(self._on_model_end))
         for point in points:
             attention = self.layers[point - 1].self_attn
             undo.add_hook(attention.register_forward_pre_hook(self._capture(point), with_kwargs=True))
-        for index in range(points[0], self.num_layers):
+        first = min([points[0], *self.decode_layers])
+        for index in range(first, self.num_layers):
             undo.add_hook(
                 self.layers[index].register_forward_pre_hook(self._on_layer(index), with_kwargs=True)
             )
+
+    @staticmethod
+    def _decode_layers(method: Any, points: list[int]) -> range:
+        """The layers whose decode steps attend only to the columns the last pruning layer kept (none by default)."""
+        start = method.decode_cache_start(list(points))
+        if start is None:
+            return range(0)
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= points[-1]:
+            raise ValueError(
+                f"{method.name}.decode_cache_start must return None or a layer in 0..{points[-1]} (the last "
+                f"pruning layer), got {start!r}"
+            )
+        # layer 0's cache is never cut: its length is what transformers counts the sequence's positions by
+        return range(max(start, 1), points[-1])
 
     # ------------------------------------------------------------------ passes
     def _on_model_start(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -142,7 +164,10 @@ class LanguageModelPruner:
             valid = torch.ones(image_of.shape, dtype=torch.bool, device=image_of.device)
         columns = torch.arange(length, device=image_of.device).expand(image_of.shape[0], length)
         self._pass = _Pass(decode=False, call=call, valid=valid, image_of=image_of, columns=columns)
+        self._pass.prompt = prompt
         call.layer_columns = None
+        if self.decode_layers and length > prompt:
+            self._pass.blocked = self._generated_blocked(call, image_of, prompt)
         self._pass.query_column = query_column
         self._pass.generated = length - prompt
         if isinstance(embeds, torch.Tensor) and embeds.is_floating_point():
@@ -155,6 +180,22 @@ class LanguageModelPruner:
             self._check_window(length)
             call.pruned = self._pass.pruned = PrunedCache(prefill_length=length, prefill_valid=valid)
             self.states.bind(cache, call)
+
+    def _generated_blocked(self, call: CallState, image_of: torch.Tensor, prompt: int) -> torch.Tensor | None:
+        """``[B, L]`` bool: the prompt's visual columns the call's first pass dropped by its last pruning layer."""
+        kept = call.final_kept
+        if kept is None or tuple(kept.shape) != (image_of.shape[0], prompt):
+            raise RuntimeError(
+                f"{self.method.name}: a pass over the prompt and generated tokens needs the columns the call's "
+                "first pass kept, which it did not record for this batch"
+            )
+        blocked = (image_of[:, :prompt] >= 0) & ~kept.to(image_of.device)
+        if not bool(blocked.any()):
+            return None
+        later = torch.zeros(
+            blocked.shape[0], image_of.shape[1] - prompt, dtype=torch.bool, device=blocked.device
+        )
+        return torch.cat([blocked, later], dim=1)
 
     @staticmethod
     def _plan_validity(plan: Any, shape: torch.Size) -> torch.Tensor:
@@ -189,7 +230,62 @@ class LanguageModelPruner:
         if state is None or state.decode:
             return
         state.call.layer_columns = None
-        state.call.write(PrunedPass(state.layer_positions, state.kept_per_image))
+        entry = PrunedPass(state.layer_positions, state.kept_per_image)
+        if self.decode_layers:
+            self._decode_policy(state, output, entry)
+        state.call.write(entry)
+
+    def _decode_policy(self, state: _Pass, output: Any, entry: PrunedPass) -> None:
+        """A method whose decode steps attend only to the finally kept columns in :attr:`decode_layers`: record the
+        kept columns of a pass over the prompt, cut the caches of those layers down to them, report it."""
+        columns, prompt = state.columns, state.prompt
+        real = columns >= 0
+        batch_rows = torch.arange(columns.shape[0], device=columns.device)[:, None].expand_as(columns)
+        kept = torch.zeros(columns.shape[0], state.image_of.shape[1], dtype=torch.bool, device=columns.device)
+        kept[batch_rows[real], columns[real]] = True
+        kept = kept[:, :prompt]
+        if state.image_of.shape[1] == prompt:
+            state.call.final_kept = kept
+        visual = (state.image_of[:, :prompt] >= 0) & state.valid[:, :prompt]
+        if not bool((visual & ~kept).any()):
+            return  # the pruning layers dropped nothing: every layer already holds the final columns
+        pruned = state.pruned
+        if pruned is not None and pruned.segments:
+            self._cut_caches(output_cache(output), pruned)
+        entry.decode_layers = list(self.decode_layers)
+        image_of = state.image_of[:, :prompt]
+        for image in torch.unique(image_of[visual]).tolist():
+            # the image's first row: generate may have expanded the batch (num_return_sequences, beams)
+            row = int(torch.nonzero((image_of == image).any(dim=1))[0])
+            entry.decode_tokens[image] = int((kept[row] & (image_of[row] == image)).sum())
+            entry.decode_keys[image] = int(kept[row].sum())
+
+    def _cut_caches(self, cache: Any, pruned: PrunedCache) -> None:
+        """Cut the caches of :attr:`decode_layers` to the columns of the last segment, and say so in ``pruned``."""
+        if cache is None:
+            raise RuntimeError(f"{self.method.name}: the prefill pruned its caches but returned none")
+        final = pruned.segments[-1].columns
+        rows = torch.arange(final.shape[0], device=final.device)[:, None]
+        for layer in self.decode_layers:
+            segment = pruned.segment_for(layer)
+            if segment is not None and segment.columns is final:
+                continue  # already the final columns
+            if segment is None:
+                held = torch.arange(pruned.prefill_length, device=final.device).expand(final.shape[0], -1)
+            else:
+                held = segment.columns
+            slot = torch.zeros(final.shape[0], pruned.prefill_length, dtype=torch.long, device=final.device)
+            real = held >= 0
+            slot[rows.expand_as(held)[real], held[real]] = torch.nonzero(real)[:, 1]
+            index = torch.where(final >= 0, slot.gather(1, final.clamp(min=0)), torch.zeros_like(final))
+            if not take_cache_positions(cache, layer, index):
+                raise UnsupportedModelError(
+                    f"{self.method.name} cuts the KV caches of layers {self.decode_layers.start}.."
+                    f"{self.decode_layers.stop - 1} after the prefill, which needs transformers' DynamicCache; "
+                    f"got {type(cache).__name__}: use the default cache or generate(use_cache=False)"
+                )
+        start = self.decode_layers.start
+        pruned.segments = [s for s in pruned.segments if s.start < start] + [Segment(start, final)]
 
     # ------------------------------------------------------------------ attention row at layer K-1
     def _capture(self, point: int):
@@ -223,6 +319,8 @@ class LanguageModelPruner:
                 state.layer_positions[index] = counts
             else:
                 state.layer_positions[index] = state.valid.sum(dim=1).tolist()
+            if state.blocked is not None and index in self.decode_layers:
+                kwargs = {**kwargs, "attention_mask": self._blocked_mask(state, kwargs.get("attention_mask"))}
             return args, kwargs
 
         return hook
@@ -281,7 +379,7 @@ class LanguageModelPruner:
         new_columns = torch.where(chosen >= 0, gather_rows(columns, chosen, -1), torch.full_like(chosen, -1))
         state.columns = state.call.layer_columns = new_columns
         state.pruned_before = True
-        state.substitutes = {}
+        state.substitutes, state.blocked_masks = {}, {}
         if state.pruned is not None:
             state.pruned.segments.append(Segment(index, new_columns))
         args = (hidden, *args[1:]) if args else args
@@ -298,6 +396,18 @@ class LanguageModelPruner:
             originals = {k: kwargs.get(k) for k in ("position_embeddings", "position_ids", "attention_mask")}
             state.substitutes[key] = layer_inputs(originals, state.columns)
         return state.substitutes[key]
+
+    def _blocked_mask(self, state: _Pass, mask: Any) -> Any:
+        """This layer's prefill mask with the generated tokens' queries kept off :attr:`_Pass.blocked`."""
+        if self.attn_implementation.startswith("flash"):
+            raise UnsupportedModelError(
+                f"{self.method.name}: generate(use_cache=False) keeps the generated tokens' queries off the dropped "
+                "visual tokens with a per-token mask, which flash attention does not take: use use_cache=True or the "
+                "eager or sdpa attention"
+            )
+        if id(mask) not in state.blocked_masks:
+            state.blocked_masks[id(mask)] = block_keys(mask, state.columns, state.blocked, state.prompt)
+        return state.blocked_masks[id(mask)]
 
     @staticmethod
     def _keys_provider(index: int, state: _Pass):

@@ -145,3 +145,30 @@ def causal_decode_mask(
     if window is not None:
         allowed &= key_index[None, None, :] > query_index[None, :, None] - window
     return _as_mask_of(allowed, like)
+
+
+def block_keys(mask: Any, columns: torch.Tensor, blocked: torch.Tensor, first_query: int) -> Any:
+    """A layer's prefill ``mask`` over the layer-0 ``columns [B, Lc]`` it holds, with the queries at layer-0
+    columns ``>= first_query`` no longer attending to the keys at the ``blocked [B, L0]`` layer-0 columns.
+
+    ``mask`` is already over ``columns`` (``None``: plain causal, built explicitly here); a flash attention padding
+    mask cannot say this and is refused.
+    """
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+        raise UnsupportedModelError(
+            "keeping some queries off some keys needs a [B, 1, Lq, Lk] attention mask; this layer takes a "
+            f"[B, L] padding mask {tuple(mask.shape)} (flash attention)"
+        )
+    valid = columns >= 0
+    if mask is None:
+        allowed = (columns[:, None, :] <= columns[:, :, None]) & valid[:, None, :] & valid[:, :, None]
+        allowed = allowed | torch.diag_embed(~valid)
+    elif isinstance(mask, torch.Tensor) and mask.ndim == 4:
+        full = mask.expand(columns.shape[0], *mask.shape[1:])[:, 0]
+        allowed = full if full.dtype == torch.bool else full == 0
+    else:
+        raise _unsupported(mask)
+    blocked_keys = gather_rows(blocked.to(columns.device), columns, False).bool()
+    generated = valid & (columns >= first_query)
+    allowed = allowed & ~(generated[:, :, None] & blocked_keys[:, None, :])
+    return _as_mask_of(allowed, mask)
