@@ -190,7 +190,9 @@ def test_fastv_generate_with_cache_equals_without(four_layers, padding_side):
     assert torch.equal(cached[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
 
 
-@pytest.mark.parametrize(("method", "kwargs"), [("todre", {}), ("fastv", {}), ("pdrop", {})])
+@pytest.mark.parametrize(
+    ("method", "kwargs"), [("todre", {}), ("fastv", {}), ("pdrop", {}), ("mustdrop", {}), ("sparsevlm", {})]
+)
 def test_right_padded_generate_with_cache_equals_without(method, kwargs):
     """Right padding puts a short row's padding between its prompt and the tokens generate appends: without a
     cache those tokens must stay last, after the padding, as a cached decode step appends them."""

@@ -210,6 +210,16 @@ def test_decode_stage_generate_with_cache_equals_without(case):
     assert not torch.equal(cached, before_stage)  # the cut caches change what is generated
 
 
+def test_decode_stage_under_right_padding_generates_the_same_with_and_without_cache():
+    """A right-padded short row has its padding between the prompt and the generated tokens."""
+    model = build_tiny("llava", seed=3, num_hidden_layers=6)
+    inputs = tiny_inputs(model, [1, 1], padding_side="right", seed=4, text_lengths=[3, 9])
+    assert not bool(inputs["attention_mask"][0, -1])
+    cached, uncached, run = _generate(model, inputs, MustDrop(**FILTER))
+    assert torch.equal(cached, uncached)
+    assert all(record.info["decode_cache_layers"] == [1, 2, 3] for record in run.report.images)
+
+
 def test_decode_stage_with_an_expanded_batch_generates_the_same_with_and_without_cache():
     model = build_tiny("llava", seed=3, num_hidden_layers=6)
     inputs = tiny_inputs(model, [1, 2], seed=3)
