@@ -259,3 +259,12 @@ def test_keep_to_columns_packs_the_prompt_and_leaves_the_generated_tail_last():
     # the last two columns were generated: they follow the prompt's padding
     assert keep_to_columns(keep, "right", tail=2).tolist() == [[0, 2, -1, -1, 5, 6], [0, 1, 2, 3, 5, 6]]
     assert keep_to_columns(keep, "left", tail=2).tolist() == [[-1, -1, 0, 2, 5, 6], [0, 1, 2, 3, 5, 6]]
+
+
+def test_kept_counts_are_per_image_when_generate_expands_the_batch(four_layers):
+    """With beams or num_return_sequences every prompt row runs several times: the report counts an image once."""
+    model = four_layers["sdpa"]
+    inputs = tiny_inputs(model, [2, 1], seed=6)
+    with vlmc.compress(model, "fastv", budget=20, prune_layer=2) as run:
+        model.generate(**inputs, max_new_tokens=2, do_sample=False, num_beams=2, num_return_sequences=2)
+    assert [record.info["llm_kept"] for record in run.report.images] == [{2: 20}] * 3

@@ -48,6 +48,7 @@ class _Pass:
     attention_inputs: dict[int, tuple] = field(default_factory=dict)
     embeds: torch.Tensor | None = None  # [B, L0, D] the language model's input embeddings
     generated: int = 0  # generate without cache: the tokens after the prompt (they stay last, see keep_to_columns)
+    repeats: int = 1  # generate expanded every prompt row into this many (num_return_sequences, beams)
     #: the method's, shared by this pass's pruning layers
     scratch: dict[str, Any] = field(default_factory=dict)
     layer_positions: dict[int, list[int]] = field(default_factory=dict)
@@ -170,6 +171,7 @@ class LanguageModelPruner:
             self._pass.blocked = self._generated_blocked(call, image_of, prompt)
         self._pass.query_column = query_column
         self._pass.generated = length - prompt
+        self._pass.repeats = image_of.shape[0] // plan.image_of.shape[0]
         if isinstance(embeds, torch.Tensor) and embeds.is_floating_point():
             self._pass.embeds = embeds
         counts = valid.sum(dim=1).tolist()
@@ -439,7 +441,9 @@ class LanguageModelPruner:
     @staticmethod
     def _record_kept(state: _Pass, layer: int, image_of: torch.Tensor, kept: torch.Tensor) -> None:
         for image in torch.unique(image_of[image_of >= 0]).tolist():
-            state.kept_per_image.setdefault(image, {})[layer] = int((kept & (image_of == image)).sum())
+            # an expanded batch holds each image once per copy of its row: count one copy
+            count = int((kept & (image_of == image)).sum()) // state.repeats
+            state.kept_per_image.setdefault(image, {})[layer] = count
 
     def _decode_layer(self, index: int, args: tuple, kwargs: dict[str, Any], state: _Pass):
         segment = state.pruned.segment_for(index)
