@@ -582,3 +582,21 @@ def test_a_budget_set_after_construction_is_validated_too(model):
     with pytest.raises(vlmc.BudgetError, match="at least 1"):
         method.budget = 0
     assert method.budget == 8
+
+
+def test_a_static_cache_is_refused_by_in_llm_pruning_and_works_before_the_llm():
+    import warnings
+
+    model = build_tiny("llava", seed=3)
+    inputs = tiny_inputs(model, [1, 1], seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with vlmc.compress(model, "uniform", budget=0.25):
+            static = model.generate(**inputs, max_new_tokens=3, do_sample=False, cache_implementation="static")
+            dynamic = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        assert torch.equal(static, dynamic)
+        with (
+            pytest.raises(vlmc.UnsupportedModelError, match="a StaticCache has one fixed length for every layer"),
+            vlmc.compress(model, "fastv", budget=0.25),
+        ):
+            model.generate(**inputs, max_new_tokens=3, do_sample=False, cache_implementation="static")

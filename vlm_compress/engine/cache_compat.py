@@ -63,3 +63,12 @@ def take_cache_positions(cache: Any, layer: int, index: Any) -> bool:
     if isinstance(getattr(entry, "cumulative_length", None), int):  # a sliding layer counts what it holds
         entry.cumulative_length = entry.keys.shape[-2]
     return True
+
+
+def grows_per_layer(cache: Any) -> bool:
+    """Whether every layer of ``cache`` keeps its own, growing length (the dynamic layers), as in-LLM pruning
+    needs: its pruned layers hold fewer positions than the layers before them. A static cache does not."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return layers is None or all(isinstance(entry, DynamicLayer) for entry in layers)

@@ -19,7 +19,7 @@ from torch import nn
 
 from ...errors import InputMismatchError, UnsupportedModelError
 from ...views import LayerContext
-from ..cache_compat import call_cache, output_cache, take_cache_positions
+from ..cache_compat import call_cache, grows_per_layer, output_cache, take_cache_positions
 from ..state import CallState, CallStates, PrunedCache, PrunedPass, Segment
 from ..undo import UndoRecorder
 from .attention import layer_keys, queries_attention, query_attention
@@ -47,7 +47,9 @@ class _Pass:
     #: point -> (attention block, its input, cos, sin) at layer ``point - 1``, for multi-query attention
     attention_inputs: dict[int, tuple] = field(default_factory=dict)
     embeds: torch.Tensor | None = None  # [B, L0, D] the language model's input embeddings
-    generated: int = 0  # generate without cache: the tokens after the prompt (they stay last, see keep_to_columns)
+    generated: int = (
+        0  # generate without cache: the tokens after the prompt (they stay last, see keep_to_columns)
+    )
     repeats: int = 1  # generate expanded every prompt row into this many (num_return_sequences, beams)
     #: the method's, shared by this pass's pruning layers
     scratch: dict[str, Any] = field(default_factory=dict)
@@ -179,6 +181,13 @@ class LanguageModelPruner:
         if cache is not None or self._creates_cache(module, kwargs):
             # the pruned layers' caches are shorter: record which columns each keeps, for the decode steps
             # (generate passes its cache; a plain forward with use_cache has the language model create one)
+            if cache is not None and not grows_per_layer(cache):
+                raise UnsupportedModelError(
+                    f"{self.method.name} prunes inside the language model, so its later layers cache fewer positions "
+                    f"than the earlier ones; a {type(cache).__name__} has one fixed length for every layer: use the "
+                    "default dynamic cache (no cache_implementation='static') or a method that compresses before the "
+                    "language model"
+                )
             self._check_window(length)
             call.pruned = self._pass.pruned = PrunedCache(prefill_length=length, prefill_valid=valid)
             self.states.bind(cache, call)
