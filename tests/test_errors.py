@@ -501,8 +501,10 @@ def half_model(request):
 
 #: methods whose budget of 4 is not what one step keeps: PyramidDrop keeps it after its first stage, then fewer;
 #: SparseVLM's budget is an average over the layers (its first stage keeps more, merged tokens included);
-#: MustDrop merges whole windows, so its merge stage keeps at least the budget
+#: MustDrop merges whole windows, so its merge stage keeps at least the budget; DivPrune may spend some of it on
+#: LLaVA-NeXT's newline tokens, as its official code does
 BUDGET_NOT_KEPT_IN_ONE_STEP = {
+    "divprune": lambda record, kept: record.tokens_after + record.info.get("newlines", 0) == 4,
     "pdrop": lambda record, kept: kept[0] == 4 and kept == sorted(kept, reverse=True),
     "sparsevlm": lambda record, kept: len(kept) > 1 and all(k < record.tokens_before for k in kept),
     "mustdrop": lambda record, kept: 4 <= record.tokens_after < record.tokens_before,
