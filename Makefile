@@ -22,7 +22,8 @@ NEWEST_STAMP := $(VENV_NEWEST)/.vlmc-installed
 NEWEST_TESTS := $(addprefix tests/,test_adapter_llava.py test_adapter_llava_next.py test_adapter_qwen2_vl.py \
 	test_adapter_qwen3_vl.py test_adapter_llava_onevision.py test_adapter_gemma3.py test_adapter_internvl.py \
 	test_methods_matrix.py test_llm_pruning.py test_todre.py test_mmtok.py test_globalcom2.py test_tap.py \
-	test_sparsevlm.py test_pdrop.py test_mustdrop.py test_dart.py \
+	test_sparsevlm.py test_pdrop.py test_mustdrop.py test_dart.py test_visionzip.py test_vispruner.py test_cdpruner.py \
+	test_divprune.py \
 	test_patching.py test_errors.py test_run.py)
 
 .PHONY: run test test-core test-extras test-newest lint
