@@ -25,7 +25,7 @@ from ..errors import BudgetError
 from ..functional import topk_indices
 from ..selection import ORDERS, POSITION_POLICIES, Selection
 from ..views import LayerContext, VisualContext
-from .validate import check_choice
+from .validate import check_choice, is_int
 
 Budget = int | float | Sequence[int | float]
 #: ``default_position_ids`` of methods whose official code is built on LLaVA's ``prepare_inputs_labels_for_multimodal``,
@@ -64,6 +64,18 @@ def subimages(ctx: VisualContext) -> list[torch.Tensor] | None:
         return None
     device = ctx.features.device
     return [region.indices.to(device) for region in (ctx.thumbnail, *ctx.crops)]
+
+
+def points_after_layers(entries: Sequence[int | float], num_layers: int) -> list[int]:
+    """The pruning points (decoder layers ``K`` before which :meth:`Method.prune` runs) of a schedule that prunes
+    *after* the given layers: ints are layer indices, floats fractions of the depth (rounded); points outside
+    ``1..num_layers-1`` are left out, each point once, ascending (:func:`.validate.check_layers_after`)."""
+    points: list[int] = []
+    for entry in entries:
+        point = (entry if is_int(entry) else round(entry * num_layers)) + 1
+        if 1 <= point < num_layers and point not in points:
+            points.append(point)
+    return sorted(points)
 
 
 def select_per_subimage(

@@ -15,7 +15,7 @@ from ..functional import conditional_kernel, dpp_map, instruction_relevance
 from ..selection import Selection
 from ..views import VisualContext
 from .base import CONTIGUOUS_ON_LLAVA, Method, select_per_subimage, subimages
-from .validate import is_number
+from .validate import check_bool, is_number
 
 #: the benchmark suffix the official evaluation removes from the question before embedding it
 #: (``llava/eval/model_vqa_loader.py``)
@@ -85,10 +85,8 @@ class CDPruner(Method):
                 f"{self.name}: theta must be a number in [0, 1) or None (the official code's plain relevance), "
                 f"got {self.theta!r}"
             )
-        if not isinstance(self.negate_relevance, bool):
-            raise ValueError(f"{self.name}: negate_relevance must be a bool, got {self.negate_relevance!r}")
-        if not isinstance(self.per_subimage, bool):
-            raise ValueError(f"{self.name}: per_subimage must be a bool, got {self.per_subimage!r}")
+        check_bool(self.name, "negate_relevance", self.negate_relevance)
+        check_bool(self.name, "per_subimage", self.per_subimage)
 
     def text_tokens(self, ctx: VisualContext) -> torch.Tensor:
         """``[m, D]`` the instruction: the question's words embedded by the language model, else the prompt's

@@ -10,6 +10,7 @@ from ..functional import topk_indices
 from ..selection import Selection
 from ..views import VisualContext
 from .base import CONTIGUOUS_ON_LLAVA, Method, select_per_subimage, subimages
+from .validate import check_bool
 
 
 @dataclass
@@ -42,8 +43,7 @@ class ClsAttention(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.per_subimage, bool):
-            raise ValueError(f"{self.name}: per_subimage must be a bool, got {self.per_subimage!r}")
+        check_bool(self.name, "per_subimage", self.per_subimage)
 
     def score(self, ctx: VisualContext) -> torch.Tensor:
         return ctx.cls_attention

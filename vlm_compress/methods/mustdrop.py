@@ -19,8 +19,8 @@ import torch
 from ..functional import dual_attention_keep, key_token_set, spatial_merge_windows, window_similarity
 from ..selection import Selection
 from ..views import LayerContext, VisualContext
-from .base import CONTIGUOUS_ON_LLAVA, Budget, Method
-from .validate import check_choice, check_int, check_number, is_int
+from .base import CONTIGUOUS_ON_LLAVA, Budget, Method, points_after_layers
+from .validate import check_bool, check_int, check_layers_after, check_number
 
 
 @dataclass
@@ -109,19 +109,10 @@ class MustDrop(Method):
         self.window_size = tuple(window)
         check_number(self.name, "spatial_threshold", self.spatial_threshold, at_least=-1, at_most=1)
         check_number(self.name, "keep_rate", self.keep_rate, at_least=0, at_most=1, note=" (official 0.08)")
-        layers = self.pruning_layers
-        if not isinstance(layers, (list, tuple)):
-            raise ValueError(f"mustdrop: pruning_layers must be a list of layers, got {layers!r}")
-        for entry in layers:
-            if not (is_int(entry) and entry >= 0) and not (isinstance(entry, float) and 0.0 <= entry < 1.0):
-                raise ValueError(
-                    "mustdrop: pruning_layers entries must be ints >= 0 (layers) or floats in [0, 1) "
-                    f"(fractions of the depth), got {entry!r}"
-                )
-        self.pruning_layers = tuple(layers)
+        self.pruning_layers = check_layers_after(self.name, "pruning_layers", self.pruning_layers)
         check_number(self.name, "global_thr", self.global_thr, at_least=0)
         check_number(self.name, "individual_thr", self.individual_thr, at_least=0)
-        check_choice(self.name, "decode_stage", self.decode_stage, (False, True))
+        check_bool(self.name, "decode_stage", self.decode_stage, expected="must be one of (False, True)")
 
     def full_budget(self, num_tokens: int, image_index: int = 0) -> bool:
         return self.budget is not None and super().full_budget(num_tokens, image_index)
@@ -172,12 +163,7 @@ class MustDrop(Method):
 
     # -- stage 2: dual-attention filter ------------------------------------------------------------------
     def prune_layers(self, num_layers: int) -> list[int]:
-        points: list[int] = []
-        for entry in self.pruning_layers:
-            point = (entry if is_int(entry) else round(entry * num_layers)) + 1
-            if 1 <= point < num_layers and point not in points:
-                points.append(point)
-        return sorted(points)
+        return points_after_layers(self.pruning_layers, num_layers)
 
     def decode_cache_start(self, points: list[int]) -> int | None:
         """The official cut starts at the first filter's layer (``points[0] - 1``: it reads that layer's attention)."""

@@ -22,8 +22,8 @@ from ..functional import (
     sparsevlm_keep_counts,
 )
 from ..views import LayerContext
-from .base import Budget, InLLMMethod, resolve_budget
-from .validate import check_choice, check_number, is_int
+from .base import Budget, InLLMMethod, points_after_layers, resolve_budget
+from .validate import check_bool, check_choice, check_layers_after, check_number
 
 SCHEDULES = ("fixed", "rank")
 
@@ -85,32 +85,17 @@ class SparseVLM(InLLMMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        layers = self.pruning_loc
-        if not isinstance(layers, (list, tuple)) or not layers:
-            raise ValueError(f"sparsevlm: pruning_loc must be a non-empty list of layers, got {layers!r}")
-        for entry in layers:
-            if not (is_int(entry) and entry >= 0) and not (isinstance(entry, float) and 0.0 <= entry < 1.0):
-                raise ValueError(
-                    "sparsevlm: pruning_loc entries must be ints >= 0 (layers) or floats in [0, 1) (fractions "
-                    f"of the depth), got {entry!r}"
-                )
-        self.pruning_loc = tuple(layers)
+        self.pruning_loc = check_layers_after(self.name, "pruning_loc", self.pruning_loc, non_empty=True)
         check_choice(self.name, "schedule", self.schedule, SCHEDULES)
         check_number(self.name, "scale", self.scale, above=0, note=" (the first release uses 13.5)")
         check_number(self.name, "bias", self.bias)
-        if not isinstance(self.recycle, bool):
-            raise ValueError(f"sparsevlm: recycle must be True or False, got {self.recycle!r}")
+        check_bool(self.name, "recycle", self.recycle, expected="must be True or False")
         check_number(
             self.name, "recycle_ratio", self.recycle_ratio, at_least=0, at_most=1, note=" (official 0.3)"
         )
 
     def prune_layers(self, num_layers: int) -> list[int]:
-        points: list[int] = []
-        for entry in self.pruning_loc:
-            point = (entry if is_int(entry) else round(entry * num_layers)) + 1
-            if 1 <= point < num_layers and point not in points:
-                points.append(point)
-        return sorted(points)
+        return points_after_layers(self.pruning_loc, num_layers)
 
     # -- raters, chosen once per prompt at the first pruning layer ---------------------------------------
     @staticmethod

@@ -13,7 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["check_choice", "check_int", "check_number", "is_int", "is_number"]
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_int",
+    "check_layers_after",
+    "check_number",
+    "is_int",
+    "is_number",
+]
 
 
 def is_int(value: Any) -> bool:
@@ -95,3 +103,29 @@ def check_number(
         else:
             expected = f"must be <= {at_most}"
     _fail(method, field, value, expected + note, error)
+
+
+def check_bool(method: str, field: str, value: Any, *, expected: str = "must be a bool") -> None:
+    """``value`` must be ``True`` or ``False`` (not ``0`` / ``1``); else ``ValueError``."""
+    if not isinstance(value, bool):
+        _fail(method, field, value, expected, ValueError)
+
+
+def check_layers_after(method: str, field: str, value: Any, *, non_empty: bool = False) -> tuple:
+    """``value`` must be a list of "after this layer" entries: ints ``>= 0`` (layer indices) or floats in
+    ``[0, 1)`` (fractions of the depth), at least one with ``non_empty``; returns it as a tuple, else
+    ``ValueError`` (see :func:`vlm_compress.methods.base.points_after_layers`)."""
+    if not isinstance(value, (list, tuple)) or (non_empty and not value):
+        _fail(
+            method, field, value, f"must be a {'non-empty ' if non_empty else ''}list of layers", ValueError
+        )
+    for entry in value:
+        if not (is_int(entry) and entry >= 0) and not (isinstance(entry, float) and 0.0 <= entry < 1.0):
+            _fail(
+                method,
+                f"{field} entries",
+                entry,
+                "must be ints >= 0 (layers) or floats in [0, 1) (fractions of the depth)",
+                ValueError,
+            )
+    return tuple(value)

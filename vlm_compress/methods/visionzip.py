@@ -17,7 +17,7 @@ from ..functional.visionzip import MERGES
 from ..selection import Selection
 from ..views import VisualContext
 from .base import CONTIGUOUS_ON_LLAVA, Budget, Method, split_budget, subimages
-from .validate import check_choice, check_number
+from .validate import check_bool, check_choice, check_number
 
 METRICS = ("keys", "vision", "projected")
 
@@ -123,11 +123,8 @@ class VisionZip(Method):
         )
         check_choice(self.name, "metric", self.metric, METRICS, expected="'keys', 'vision' or 'projected'")
         check_choice(self.name, "merge", self.merge, MERGES, expected="'official' or 'mean'")
-        for field_name in ("per_subimage", "keep_cls"):
-            if not isinstance(getattr(self, field_name), bool):
-                raise ValueError(
-                    f"{self.name}: {field_name} must be a bool, got {getattr(self, field_name)!r}"
-                )
+        check_bool(self.name, "per_subimage", self.per_subimage)
+        check_bool(self.name, "keep_cls", self.keep_cls)
 
     def split(self, k: int) -> tuple[int, int]:
         """``(dominant, contextual)`` token counts for a budget of ``k`` tokens (dominant counts the [CLS] token)."""

@@ -16,7 +16,7 @@ from ..functional import vispruner
 from ..selection import Selection
 from ..views import VisualContext
 from .base import CONTIGUOUS_ON_LLAVA, Budget, Method, select_per_subimage, subimages
-from .validate import check_number
+from .validate import check_bool, check_number
 
 
 @dataclass
@@ -86,8 +86,7 @@ class VisPruner(Method):
             at_most=1,
             expected="must lie in [0, 1] (the official default is 0.5)",
         )
-        if not isinstance(self.per_subimage, bool):
-            raise ValueError(f"{self.name}: per_subimage must be a bool, got {self.per_subimage!r}")
+        check_bool(self.name, "per_subimage", self.per_subimage)
 
     def split(self, k: int) -> tuple[int, int]:
         """``(important, diverse)`` token counts for a budget of ``k`` tokens (``T_imp = int(T * r)``)."""
