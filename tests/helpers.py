@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
+import pytest
 import torch
 
 from vlm_compress.zoo.synthetic import word_tokenizer  # noqa: F401  (re-exported for the tests)
@@ -56,6 +58,38 @@ class UnpatchedSnapshot:
                 tokens = model.generate(**self.inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
             assert torch.equal(tokens, self.tokens)
             assert hook_state(model) == self.hooks
+
+
+def check_undo_round_trip(
+    model: torch.nn.Module,
+    inputs: dict,
+    on_exit: tuple[str, int],
+    on_error: tuple[str, int],
+    *,
+    generate: bool = False,
+    max_new_tokens: int = 3,
+    after_exit: Any = None,
+) -> None:
+    """Patch with ``on_exit`` (method, budget) and run (``generate`` or a forward), then with ``on_error`` and
+    raise inside the context: after each exit the model is exactly the unpatched one (:class:`UnpatchedSnapshot`).
+    ``after_exit`` (no arguments) runs further checks after the first exit."""
+    import vlm_compress as vlmc
+
+    snapshot = UnpatchedSnapshot(model, inputs, max_new_tokens=max_new_tokens)
+    method, budget = on_exit
+    with vlmc.compress(model, method, budget=budget):
+        if generate:
+            model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        else:
+            model(**inputs)
+    snapshot.check()
+    if after_exit is not None:
+        after_exit()
+    method, budget = on_error
+    with pytest.raises(RuntimeError, match="boom"), vlmc.compress(model, method, budget=budget):
+        model(**inputs)
+        raise RuntimeError("boom")
+    snapshot.check()
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:

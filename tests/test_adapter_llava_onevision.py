@@ -14,7 +14,7 @@ from vlm_compress.methods.base import Method
 from vlm_compress.selection import Selection
 from vlm_compress.zoo.synthetic import build_tiny, tiny_inputs, tiny_onevision_processor
 
-from .helpers import LayerLengths, UnpatchedSnapshot
+from .helpers import LayerLengths, check_undo_round_trip
 
 SIDE = 4  # tokens per crop side of the tiny tower (32 px, 8-px patches)
 
@@ -193,14 +193,7 @@ def test_in_llm_pruning_keeps_every_newline(model):
 
 
 def test_undo_is_exact_after_exit_and_after_an_exception(model, single):
-    snapshot = UnpatchedSnapshot(model, single, max_new_tokens=2)
-    with vlmc.compress(model, "globalcom2", budget=8):
-        model.generate(**single, max_new_tokens=2, do_sample=False)
-    snapshot.check()
-    with pytest.raises(RuntimeError, match="boom"), vlmc.compress(model, "tome", budget=8):
-        model(**single)
-        raise RuntimeError("boom")
-    snapshot.check()
+    check_undo_round_trip(model, single, ("globalcom2", 8), ("tome", 8), generate=True, max_new_tokens=2)
 
 
 def test_the_real_processor_and_chat_template_go_through(model):

@@ -14,7 +14,7 @@ from vlm_compress.zoo.synthetic import (
     tiny_qwen3_processor,
 )
 
-from .helpers import LayerLengths, UnpatchedSnapshot, hook_state
+from .helpers import LayerLengths, UnpatchedSnapshot, check_undo_round_trip, hook_state
 from .test_adapter_qwen2_vl import masked_reference
 from .test_llm_pruning import masked_logits, top_attended_drop
 
@@ -170,16 +170,11 @@ def test_generate_with_cache_equals_without(qwen3, method, impl):
 
 def test_undo_is_exact_after_exit_and_after_an_exception(qwen3):
     model, inputs = qwen3
-    snapshot = UnpatchedSnapshot(model, inputs)
-    with vlmc.compress(model, "fastv", budget=4):
-        model(**inputs)
-    snapshot.check()
-    assert "_deepstack_process" not in model.model.language_model.__dict__
-    with pytest.raises(RuntimeError, match="boom"):
-        with vlmc.compress(model, "tome", budget=4):
-            model(**inputs)
-            raise RuntimeError("boom")
-    snapshot.check()
+
+    def deepstack_restored():
+        assert "_deepstack_process" not in model.model.language_model.__dict__
+
+    check_undo_round_trip(model, inputs, ("fastv", 4), ("tome", 4), after_exit=deepstack_restored)
 
 
 def test_signals_are_the_mergers_input_and_the_attention_proxy(qwen3):
