@@ -274,24 +274,19 @@ def test_fastv_equals_the_masked_reference_with_bidirectional_images():
     """FastV at the global layer 2 of a [sliding, sliding, global, sliding] stack, against an unpatched eager run whose dropped
     columns are masked out as keys from layer 2 on: the attention row (q/k norms, sliding window), each layer type's
     own mask and rotary embeddings must all be right."""
-    from .test_llm_pruning import masked_logits, top_attended_drop
+    from .test_llm_pruning import assert_survivors_match, fastv_drop, masked_logits
 
     eager = build_tiny("gemma3", seed=5, attn_implementation="eager", num_hidden_layers=4)
     model = build_tiny("gemma3", seed=5, attn_implementation="sdpa", num_hidden_layers=4)
     inputs = tiny_inputs(eager, [2, 1], seed=6)
     keep, layer = 6, 2
     with torch.no_grad():
-        attentions = eager(**inputs, output_attentions=True).attentions
-        drop = top_attended_drop(attentions[layer - 1][:, :, -1, :].mean(dim=1), inputs["input_ids"], keep)
+        drop = fastv_drop(eager, inputs, layer, keep)
         reference = masked_logits(eager, inputs, layer, drop)
         with vlmc.compress(model, "fastv", budget=keep, prune_layer=layer):
             logits = model(**inputs).logits
     valid = inputs["attention_mask"].bool()
-    for b in range(logits.shape[0]):
-        survivors = torch.nonzero(valid[b] & ~drop[b]).flatten()
-        torch.testing.assert_close(
-            logits[b, -survivors.numel() :], reference[b, survivors], atol=2e-5, rtol=1e-4
-        )
+    assert_survivors_match(logits, reference, valid, drop)
 
 
 def test_right_padding_and_text_only_rows(model):

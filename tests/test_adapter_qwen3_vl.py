@@ -16,7 +16,7 @@ from vlm_compress.zoo.synthetic import (
 
 from .helpers import LayerLengths, UnpatchedSnapshot, check_undo_round_trip, hook_state
 from .test_adapter_qwen2_vl import masked_reference
-from .test_llm_pruning import masked_logits, top_attended_drop
+from .test_llm_pruning import assert_survivors_match, fastv_drop, masked_logits
 
 TYPES = ["qwen3_vl", "qwen3_vl_moe"]
 
@@ -118,8 +118,7 @@ def test_in_llm_pruning_before_an_injection_gathers_it_and_equals_masking(qwen3,
     eager = build_tiny(model.config.model_type, seed=41, attn_implementation="eager")
     keep = 6
     with torch.no_grad():
-        attentions = eager(**inputs, output_attentions=True).attentions
-        drop = top_attended_drop(attentions[layer - 1][:, :, -1, :].mean(dim=1), inputs["input_ids"], keep)
+        drop = fastv_drop(eager, inputs, layer, keep)
         reference = masked_logits(eager, inputs, layer, drop)
         with (
             DeepstackSpy(model) as spy,
@@ -128,11 +127,7 @@ def test_in_llm_pruning_before_an_injection_gathers_it_and_equals_masking(qwen3,
         ):
             logits = model(**inputs).logits
     valid = inputs["attention_mask"].bool()
-    for b in range(logits.shape[0]):
-        survivors = torch.nonzero(valid[b] & ~drop[b]).flatten()
-        torch.testing.assert_close(
-            logits[b, -survivors.numel() :], reference[b, survivors], atol=2e-5, rtol=1e-4
-        )
+    assert_survivors_match(logits, reference, valid, drop)
     lengths = probe.calls[0]
     assert all(n < lengths[0] for n in lengths[layer:])
     for index, (length, mask, embeds) in enumerate(spy.injections):

@@ -31,6 +31,27 @@ def top_attended_drop(attention_row: torch.Tensor, input_ids: torch.Tensor, keep
     return drop
 
 
+def fastv_drop(eager, inputs, layer: int, keep: int) -> torch.Tensor:
+    """``[B, L]`` bool: the visual columns FastV drops before ``layer``, from an unpatched eager run's attention
+    row of the prompt's last token at layer ``layer - 1`` (head-averaged)."""
+    with torch.no_grad():
+        attentions = eager(**inputs, output_attentions=True).attentions
+    return top_attended_drop(attentions[layer - 1][:, :, -1, :].mean(dim=1), inputs["input_ids"], keep)
+
+
+def assert_survivors_match(
+    logits: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor, drop: torch.Tensor
+):
+    """The patched pass drops columns instead of masking them: its last logits of every row are the masked
+    reference's at that row's surviving (valid, not dropped) columns."""
+    for b in range(logits.shape[0]):
+        survivors = torch.nonzero(valid[b] & ~drop[b]).flatten()
+        assert logits.shape[1] >= survivors.numel()
+        torch.testing.assert_close(
+            logits[b, -survivors.numel() :], reference[b, survivors], atol=2e-5, rtol=1e-4
+        )
+
+
 @contextmanager
 def keys_hidden(model, layer: int, drop: torch.Tensor):
     """Unpatched passes where the ``drop`` columns of the prompt are masked out as keys for every layer >=
@@ -80,17 +101,12 @@ def test_fastv_on_qwen_equals_masked_reference_with_3d_positions(four_layer_qwen
     inputs = tiny_inputs(eager, [2, 1], seed=6)
     keep, layer = 6, 2
     with torch.no_grad():
-        attentions = eager(**inputs, output_attentions=True).attentions
-        drop = top_attended_drop(attentions[layer - 1][:, :, -1, :].mean(dim=1), inputs["input_ids"], keep)
+        drop = fastv_drop(eager, inputs, layer, keep)
         reference = masked_logits(eager, inputs, layer, drop)
         with vlmc.compress(model, "fastv", budget=keep, prune_layer=layer):
             logits = model(**inputs).logits
     valid = inputs["attention_mask"].bool()
-    for b in range(logits.shape[0]):
-        survivors = torch.nonzero(valid[b] & ~drop[b]).flatten()
-        torch.testing.assert_close(
-            logits[b, -survivors.numel() :], reference[b, survivors], atol=2e-5, rtol=1e-4
-        )
+    assert_survivors_match(logits, reference, valid, drop)
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
@@ -99,8 +115,7 @@ def test_fastv_logits_equal_masked_reference(four_layers, impl):
     inputs = tiny_inputs(eager, [2, 1], seed=6)
     keep, layer = 20, 2
     with torch.no_grad():
-        attentions = eager(**inputs, output_attentions=True).attentions
-        drop = top_attended_drop(attentions[layer - 1][:, :, -1, :].mean(dim=1), inputs["input_ids"], keep)
+        drop = fastv_drop(eager, inputs, layer, keep)
         reference = masked_logits(eager, inputs, layer, drop)
         model = four_layers[impl]
         with (
@@ -110,12 +125,7 @@ def test_fastv_logits_equal_masked_reference(four_layers, impl):
             logits = model(**inputs).logits
     # the patched pass drops the columns instead of masking them: compare every surviving column
     valid = inputs["attention_mask"].bool()
-    for b in range(logits.shape[0]):
-        survivors = torch.nonzero(valid[b] & ~drop[b]).flatten()
-        assert logits.shape[1] >= survivors.numel()
-        torch.testing.assert_close(
-            logits[b, -survivors.numel() :], reference[b, survivors], atol=2e-5, rtol=1e-4
-        )
+    assert_survivors_match(logits, reference, valid, drop)
     full = inputs["input_ids"].shape[1]
     assert probe.calls[0][:layer] == [full] * layer
     assert all(length == logits.shape[1] < full for length in probe.calls[0][layer:])
@@ -144,8 +154,7 @@ def test_decode_steps_after_pruning_follow_the_unpatched_decode_path(four_layers
     inputs = tiny_inputs(eager, [2, 1], seed=6)
     keep, layer, steps = 20, 2, 5
     with torch.no_grad():
-        attentions = eager(**inputs, output_attentions=True).attentions
-        drop = top_attended_drop(attentions[layer - 1][:, :, -1, :].mean(dim=1), inputs["input_ids"], keep)
+        drop = fastv_drop(eager, inputs, layer, keep)
         reference = masked_generate(eager, inputs, layer, drop, steps)
         for impl in ("eager", "sdpa"):
             with vlmc.compress(four_layers[impl], "fastv", budget=keep, prune_layer=layer):
