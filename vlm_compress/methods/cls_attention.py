@@ -50,8 +50,10 @@ class ClsAttention(Method):
 
     def select(self, ctx: VisualContext) -> Selection:
         regions = subimages(ctx) if self.per_subimage else None
+        if regions is None:
+            return super().select(ctx)
         k = self.num_to_keep(ctx)
-        if regions is None or k == ctx.num_tokens:
+        if k == ctx.num_tokens:
             return super().select(ctx)
         scores = self.score(ctx)
         kept, counts = select_per_subimage(

@@ -47,10 +47,6 @@ class _Pass:
     #: point -> (attention block, its input, cos, sin) at layer ``point - 1``, for multi-query attention
     attention_inputs: dict[int, tuple] = field(default_factory=dict)
     embeds: torch.Tensor | None = None  # [B, L0, D] the language model's input embeddings
-    generated: int = (
-        0  # generate without cache: the tokens after the prompt (they stay last, see keep_to_columns)
-    )
-    repeats: int = 1  # generate expanded every prompt row into this many (num_return_sequences, beams)
     #: the method's, shared by this pass's pruning layers
     scratch: dict[str, Any] = field(default_factory=dict)
     layer_positions: dict[int, list[int]] = field(default_factory=dict)
@@ -61,6 +57,16 @@ class _Pass:
     #: last pruning layer dropped, which the generated tokens' queries do not see in the policy's layers
     blocked: torch.Tensor | None = None
     blocked_masks: dict[int, Any] = field(default_factory=dict)  # per identity of the layer's mask
+
+    @property
+    def generated(self) -> int:
+        """Generate without a cache: the tokens after the prompt (they stay last, see ``keep_to_columns``)."""
+        return self.image_of.shape[1] - self.prompt
+
+    @property
+    def repeats(self) -> int:
+        """How many rows generate made of every prompt row (``num_return_sequences``, beams)."""
+        return self.image_of.shape[0] // self.call.plan.image_of.shape[0]
 
 
 def _input_length(args: tuple, kwargs: dict[str, Any]) -> int:
@@ -172,8 +178,6 @@ class LanguageModelPruner:
         if self.decode_layers and length > prompt:
             self._pass.blocked = self._generated_blocked(call, image_of, prompt)
         self._pass.query_column = query_column
-        self._pass.generated = length - prompt
-        self._pass.repeats = image_of.shape[0] // plan.image_of.shape[0]
         if isinstance(embeds, torch.Tensor) and embeds.is_floating_point():
             self._pass.embeds = embeds
         counts = valid.sum(dim=1).tolist()
@@ -255,7 +259,7 @@ class LanguageModelPruner:
         kept = torch.zeros(columns.shape[0], state.image_of.shape[1], dtype=torch.bool, device=columns.device)
         kept[batch_rows[real], columns[real]] = True
         kept = kept[:, :prompt]
-        if state.image_of.shape[1] == prompt:
+        if not state.generated:  # a pass over the prompt alone: what later passes without a cache block
             state.call.final_kept = kept
         visual = (state.image_of[:, :prompt] >= 0) & state.valid[:, :prompt]
         if not bool((visual & ~kept).any()):
